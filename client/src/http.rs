@@ -1,0 +1,53 @@
+//! A minimal HTTP/1.1 GET for the scheduler's own probes (`/readyz`,
+//! `/api/executors`) — enough to wait for a cluster without pulling an HTTP
+//! client stack into the CLI.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `GET http://{addr}{path}`; returns the status code and body.
+///
+/// # Errors
+/// The I/O error, or `InvalidData` for a response that is not HTTP.
+pub async fn get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let fut = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status =
+            text.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or_else(
+                || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response"),
+            )?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
+}
+
+/// Polls `/readyz` until it answers 200 or `deadline` passes.
+///
+/// # Errors
+/// `TimedOut` with the last status seen.
+pub async fn wait_ready(addr: &str, deadline: Duration) -> std::io::Result<()> {
+    let start = std::time::Instant::now();
+    let mut last = String::from("no answer");
+    while start.elapsed() < deadline {
+        match get(addr, "/readyz", Duration::from_secs(2)).await {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, body)) => last = format!("HTTP {status}: {}", body.trim()),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("scheduler at {addr} not ready after {deadline:?} ({last})"),
+    ))
+}

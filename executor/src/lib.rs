@@ -1,0 +1,156 @@
+//! The Sluice executor: Ballista's executor run as a library inside a
+//! process Sluice controls.
+//!
+//! An executor registers with the scheduler, receives tasks (push mode),
+//! runs them with DataFusion and serves its shuffle output over Arrow Flight.
+//! It never depends on the scheduler crate; both share `sluice-sql` for the
+//! session configuration, so `sluice.*` and `s3.*` settings sent by clients
+//! are understood here.
+
+pub mod error;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use sluice_proto::HostPort;
+use sluice_proto::logging::LogFormat;
+use tokio::task::JoinHandle;
+
+pub use error::{Error, Result};
+
+/// The executor process's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExecutorConfig {
+    /// The scheduler to register with.
+    pub scheduler: HostPort,
+    /// Address of the Arrow Flight (shuffle) service; port 0 picks a free port.
+    pub bind: HostPort,
+    /// Port of the task-launch gRPC service; 0 picks a free port.
+    pub grpc_port: u16,
+    /// Host the scheduler and other executors use to reach this one
+    /// (default: the bind host, or 127.0.0.1 for a wildcard bind).
+    pub advertise_host: Option<String>,
+    /// Shuffle and spill files go here (default: a fresh temp folder).
+    pub work_dir: Option<PathBuf>,
+    /// Task slots advertised to the scheduler; 0 means the number of CPUs.
+    pub vcores: usize,
+    /// Memory for query execution (spills above it), e.g. `2GiB`; default:
+    /// 70% of the host's or cgroup's memory.
+    pub memory_limit: Option<ByteSize>,
+    pub log_format: LogFormat,
+    pub heartbeat_interval_seconds: u64,
+    /// How long to keep retrying the scheduler at start before giving up.
+    pub scheduler_connect_timeout_seconds: u16,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: HostPort::new("127.0.0.1", 50050),
+            bind: HostPort::new("127.0.0.1", 50051),
+            grpc_port: 0,
+            advertise_host: None,
+            work_dir: None,
+            vcores: 0,
+            memory_limit: None,
+            log_format: LogFormat::Text,
+            heartbeat_interval_seconds: 5,
+            scheduler_connect_timeout_seconds: 20,
+        }
+    }
+}
+
+/// An executor running in this process.
+pub struct RunningExecutor {
+    pub id: String,
+    /// The advertised Arrow Flight address.
+    pub flight: HostPort,
+    pub grpc_port: u16,
+    task: JoinHandle<ballista_core::error::Result<()>>,
+}
+
+impl RunningExecutor {
+    /// Waits until the executor stops (SIGTERM/Ctrl-C, a stop request, or an
+    /// error such as an unreachable scheduler).
+    ///
+    /// # Errors
+    /// [`Error::Executor`] with Ballista's reason.
+    pub async fn wait(self) -> Result<()> {
+        let scheduler = self.flight.clone();
+        match self.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(Error::from_ballista(source, &scheduler)),
+            Err(e) => Err(Error::Stopped { reason: e.to_string() }),
+        }
+    }
+
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// A port that was free a moment ago on `host`. Ballista's executor binds
+/// its ports itself, so port 0 is resolved here first.
+fn free_port(host: &str) -> std::io::Result<u16> {
+    Ok(TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+/// Starts an executor in the background of this process.
+///
+/// # Errors
+/// [`Error::Bind`] when no port can be found on the bind host,
+/// [`Error::InvalidConfig`] for a config Ballista rejects.
+pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
+    let host = config.bind.host.clone();
+    let bind_err = |source| Error::Bind { addr: config.bind.clone(), source };
+    let port =
+        if config.bind.port == 0 { free_port(&host).map_err(bind_err)? } else { config.bind.port };
+    let grpc_port =
+        if config.grpc_port == 0 { free_port(&host).map_err(bind_err)? } else { config.grpc_port };
+    if let Some(dir) = &config.work_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| Error::WorkDir { path: dir.clone(), source })?;
+    }
+    let advertise_host = config.advertise_host.clone().unwrap_or_else(|| match host.as_str() {
+        "0.0.0.0" | "::" => "127.0.0.1".to_string(),
+        other => other.to_string(),
+    });
+    let work_dir = config.work_dir.as_ref().map(|p| p.to_string_lossy().into_owned());
+    let spill_dir = config.work_dir.clone();
+    let runtime_producer: ballista_core::RuntimeProducer = Arc::new(move |session_config| {
+        sluice_sql::session::runtime_env(session_config, spill_dir.as_deref())
+    });
+    let vcores = if config.vcores == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        config.vcores
+    };
+    let process_config = ExecutorProcessConfig {
+        bind_host: host.clone(),
+        external_host: Some(advertise_host.clone()),
+        port,
+        grpc_port,
+        scheduler_host: config.scheduler.host.clone(),
+        scheduler_port: config.scheduler.port,
+        scheduler_connect_timeout_seconds: config.scheduler_connect_timeout_seconds,
+        vcores,
+        task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        work_dir,
+        executor_heartbeat_interval_seconds: config.heartbeat_interval_seconds,
+        memory_pool_size: config.memory_limit.map(|b| b.as_u64()),
+        override_config_producer: Some(Arc::new(sluice_sql::session::cluster_session_config)),
+        override_runtime_producer: Some(runtime_producer),
+        ..ExecutorProcessConfig::default()
+    };
+    process_config.validate().map_err(|source| Error::InvalidConfig { source })?;
+    let id = process_config.executor_id.clone();
+    tracing::info!(executor_id = %id, flight_port = port, grpc_port, vcores, "executor starting");
+    let task = tokio::spawn(start_executor_process(Arc::new(process_config)));
+    Ok(RunningExecutor { id, flight: HostPort::new(advertise_host, port), grpc_port, task })
+}

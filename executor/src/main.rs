@@ -1,0 +1,121 @@
+//! `sluice-executor`: a Sluice executor process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytesize::ByteSize;
+use clap::Parser;
+use sluice_executor::ExecutorConfig;
+use sluice_proto::HostPort;
+use sluice_proto::logging::{self, LogFormat};
+
+/// A Sluice executor: runs tasks handed out by the scheduler and serves shuffle data over Arrow Flight.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-executor",
+    version,
+    after_help = "Examples:\n  sluice-executor --scheduler 127.0.0.1:50050 --bind 127.0.0.1:0\n  sluice-executor --scheduler sched:50050 --bind 0.0.0.0:50051 --advertise-host 10.0.0.7 \\\n      --work-dir /var/lib/sluice --vcores 8 --memory-limit 16GiB\n\nOn start it prints `sluice-executor listening on HOST:PORT` (the Arrow Flight address)."
+)]
+struct Args {
+    /// The scheduler to register with.
+    #[arg(long, env = "SLUICE_SCHEDULER", value_name = "HOST:PORT")]
+    scheduler: Option<HostPort>,
+    /// Arrow Flight (shuffle) address; port 0 picks a free port.
+    #[arg(long, env = "SLUICE_BIND", value_name = "HOST:PORT")]
+    bind: Option<HostPort>,
+    /// Port of the task-launch gRPC service (default: a free port).
+    #[arg(long, value_name = "PORT")]
+    grpc_port: Option<u16>,
+    /// Host other processes use to reach this executor.
+    #[arg(long, env = "SLUICE_ADVERTISE_HOST", value_name = "HOST")]
+    advertise_host: Option<String>,
+    /// Folder for shuffle and spill files (default: a temp folder).
+    #[arg(long, env = "SLUICE_WORK_DIR", value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Task slots; 0 = number of CPUs.
+    #[arg(long, env = "SLUICE_VCORES", value_name = "N")]
+    vcores: Option<usize>,
+    /// Execution memory (spills above it), e.g. 512MiB or 2GiB.
+    #[arg(long, env = "SLUICE_MEMORY_LIMIT", value_name = "SIZE")]
+    memory_limit: Option<ByteSize>,
+    /// Log line format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<LogFormat>,
+    /// TOML config file with the same keys in kebab-case (e.g. `memory-limit = "2GiB"`).
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn config_from(args: Args) -> Result<ExecutorConfig, String> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("config file {}: {e}", path.display()))?;
+            toml::from_str::<ExecutorConfig>(&text).map_err(|e| {
+                format!(
+                    "config file {}: {}",
+                    path.display(),
+                    e.to_string().trim().replace('\n', " ")
+                )
+            })?
+        }
+        None => ExecutorConfig::default(),
+    };
+    if let Some(v) = args.scheduler {
+        if v.port == 0 {
+            return Err("--scheduler needs the scheduler's real port, not 0".to_string());
+        }
+        config.scheduler = v;
+    }
+    if let Some(v) = args.bind {
+        config.bind = v;
+    }
+    if let Some(v) = args.grpc_port {
+        config.grpc_port = v;
+    }
+    if let Some(v) = args.advertise_host {
+        config.advertise_host = Some(v);
+    }
+    if let Some(v) = args.work_dir {
+        config.work_dir = Some(v);
+    }
+    if let Some(v) = args.vcores {
+        config.vcores = v;
+    }
+    if let Some(v) = args.memory_limit {
+        config.memory_limit = Some(v);
+    }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match config_from(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.log_format, logging::DEFAULT_FILTER);
+    let running = match sluice_executor::start(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.class().exit_code() as u8);
+        }
+    };
+    println!("sluice-executor listening on {}", running.flight);
+    // Ballista's executor handles SIGTERM/Ctrl-C itself: it tells the
+    // scheduler it is stopping, drains its tasks and returns.
+    match running.wait().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.class().exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The scheduler process's configuration.
+//!
+//! Layers, later wins: built-in defaults → `--config FILE` (TOML, kebab-case
+//! keys, unknown keys rejected) → `SLUICE_*` environment variables and flags.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sluice_proto::HostPort;
+use sluice_proto::logging::LogFormat;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SchedulerProcessConfig {
+    /// Address to listen on (gRPC, REST, Flight). Port 0 picks a free port.
+    pub bind: HostPort,
+    /// Address executors and clients should use, when it differs from `bind`
+    /// (a wildcard bind, NAT, Kubernetes services).
+    pub advertise: Option<HostPort>,
+    pub log_format: LogFormat,
+    /// An executor silent for this long is declared lost and its work redone.
+    pub executor_timeout_seconds: u64,
+    pub expire_dead_executor_interval_seconds: u64,
+    /// How long a stopping executor may finish its running tasks.
+    pub executor_termination_grace_period_seconds: u64,
+    /// How long a finished job's results stay fetchable on executors.
+    pub finished_job_data_clean_up_seconds: u64,
+    /// `/readyz` is ready once this many executors are registered.
+    pub min_ready_executors: usize,
+    pub task_max_failures: usize,
+    pub stage_max_failures: usize,
+    /// Writes Ballista's per-job event log (JSON lines) here when set.
+    pub event_log_dir: Option<String>,
+}
+
+impl Default for SchedulerProcessConfig {
+    fn default() -> Self {
+        Self {
+            bind: HostPort::new("127.0.0.1", 50050),
+            advertise: None,
+            log_format: LogFormat::Text,
+            executor_timeout_seconds: 60,
+            expire_dead_executor_interval_seconds: 5,
+            executor_termination_grace_period_seconds: 30,
+            finished_job_data_clean_up_seconds: 300,
+            min_ready_executors: 1,
+            task_max_failures: 4,
+            stage_max_failures: 4,
+            event_log_dir: None,
+        }
+    }
+}
+
+impl SchedulerProcessConfig {
+    /// Reads a TOML config file over the defaults.
+    ///
+    /// # Errors
+    /// [`Error::ConfigFile`] naming the file and, for a bad key or value, the
+    /// line and the key.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| Error::ConfigFile {
+            path: path.display().to_string(),
+            reason: e.to_string().trim().replace('\n', " "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let dir = tempfile_dir();
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "bind = \"0.0.0.0:7000\"\nexecutor-timeout-seconds = 20\n")
+            .expect("write");
+        let cfg = SchedulerProcessConfig::from_file(&good).expect("valid");
+        assert_eq!(cfg.bind, HostPort::new("0.0.0.0", 7000));
+        assert_eq!(cfg.executor_timeout_seconds, 20);
+        assert_eq!(cfg.task_max_failures, 4);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "bind = \"0.0.0.0:7000\"\nexecutor-timeout = 20\n").expect("write");
+        let err = SchedulerProcessConfig::from_file(&bad).expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("bad.toml") && msg.contains("executor-timeout"), "{msg}");
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-sched-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+}

@@ -1,0 +1,121 @@
+//! The Sluice scheduler: Ballista's scheduler run as a library inside a
+//! process Sluice controls (configuration, port binding, logging, shutdown).
+//!
+//! ```text
+//!   sluice sql ──gRPC──► SchedulerServer (Ballista) ──push tasks──► executors
+//!                         ▲ job → stages → tasks; AQE; broadcast joins
+//!                         └── sessions built by sluice_sql::session
+//! ```
+//!
+//! [`start`] binds the listener first, so port 0 works and the advertised
+//! endpoint always equals the address actually listened on (executors call
+//! back on it; a mismatch hangs jobs).
+
+pub mod config;
+pub mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use sluice_proto::HostPort;
+use tokio::task::JoinHandle;
+
+pub use config::SchedulerProcessConfig;
+pub use error::{Error, Result};
+
+/// A scheduler serving in this process.
+pub struct RunningScheduler {
+    /// The address the listener is bound to.
+    pub local_addr: SocketAddr,
+    /// The address executors and clients are told to use.
+    pub endpoint: HostPort,
+    task: JoinHandle<ballista_core::error::Result<()>>,
+}
+
+impl RunningScheduler {
+    /// Waits until the server stops (it only stops on error).
+    ///
+    /// # Errors
+    /// The server's error, or [`Error::Stopped`] if its task panicked.
+    pub async fn wait(self) -> Result<()> {
+        match self.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(Error::Server { source }),
+            Err(e) => Err(Error::Stopped { reason: e.to_string() }),
+        }
+    }
+
+    /// Stops serving (used by embedded clusters on exit).
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// Builds Ballista's scheduler configuration from Sluice's.
+fn ballista_config(config: &SchedulerProcessConfig, endpoint: &HostPort) -> SchedulerConfig {
+    let session_builder: ballista_scheduler::SessionBuilder =
+        Arc::new(sluice_sql::session::scheduler_session_state);
+    SchedulerConfig {
+        scheduler_id: format!("sluice-scheduler-{}", endpoint),
+        bind_host: config.bind.host.clone(),
+        external_host: endpoint.host.clone(),
+        bind_port: endpoint.port,
+        scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        executor_timeout_seconds: config.executor_timeout_seconds,
+        expire_dead_executor_interval_seconds: config.expire_dead_executor_interval_seconds,
+        executor_termination_grace_period: config.executor_termination_grace_period_seconds,
+        no_executors_grace_period_seconds: config.executor_timeout_seconds,
+        finished_job_data_clean_up_interval_seconds: config.finished_job_data_clean_up_seconds,
+        min_ready_executors: config.min_ready_executors,
+        task_max_failures: config.task_max_failures,
+        stage_max_failures: config.stage_max_failures,
+        event_log_dir: config.event_log_dir.clone(),
+        override_config_producer: Some(Arc::new(sluice_sql::session::cluster_session_config)),
+        override_session_builder: Some(session_builder),
+        ..SchedulerConfig::default()
+    }
+}
+
+/// Binds the scheduler's port and starts serving in the background.
+///
+/// # Errors
+/// [`Error::Bind`] when the address cannot be bound; [`Error::Server`] when
+/// Ballista rejects the configuration.
+pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> {
+    let listener = tokio::net::TcpListener::bind((config.bind.host.as_str(), config.bind.port))
+        .await
+        .map_err(|source| Error::Bind { addr: config.bind.clone(), source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr: config.bind.clone(), source })?;
+    let endpoint = match &config.advertise {
+        Some(a) if a.port != 0 => a.clone(),
+        Some(a) => HostPort::new(a.host.clone(), local_addr.port()),
+        None => HostPort::new(advertised_host(&config.bind.host), local_addr.port()),
+    };
+    let ballista = ballista_config(config, &endpoint);
+    ballista.validate().map_err(|source| Error::Server { source })?;
+    let cluster = BallistaCluster::new_from_config(&ballista)
+        .await
+        .map_err(|source| Error::Server { source })?;
+    let server = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(ballista))
+        .await
+        .map_err(|source| Error::Server { source })?;
+    tracing::info!(%local_addr, %endpoint, "scheduler serving");
+    let task = tokio::spawn(start_grpc_service_with_listener(listener, server));
+    Ok(RunningScheduler { local_addr, endpoint, task })
+}
+
+/// The host to advertise when only a bind address is given: a wildcard bind
+/// is reachable on loopback, anything else as written.
+pub fn advertised_host(bind_host: &str) -> String {
+    match bind_host {
+        "0.0.0.0" | "::" | "[::]" => "127.0.0.1".to_string(),
+        other => other.to_string(),
+    }
+}

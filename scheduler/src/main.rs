@@ -1,0 +1,119 @@
+//! `sluice-scheduler`: the Sluice scheduler process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice_proto::HostPort;
+use sluice_proto::logging::{self, LogFormat};
+use sluice_scheduler::SchedulerProcessConfig;
+
+/// The Sluice scheduler: plans SQL jobs into stages and hands tasks to executors.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice-scheduler",
+    version,
+    after_help = "Examples:\n  sluice-scheduler --bind 127.0.0.1:50050\n  sluice-scheduler --bind 127.0.0.1:0 --log-format json   # port 0: prints the port it picked\n  sluice-scheduler --config scheduler.toml\n\nOn start it prints `sluice-scheduler listening on HOST:PORT`."
+)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "SLUICE_BIND", value_name = "HOST:PORT")]
+    bind: Option<HostPort>,
+    /// Address executors and clients use to reach this scheduler (default: the bind address).
+    #[arg(long, env = "SLUICE_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<HostPort>,
+    /// Log line format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<LogFormat>,
+    /// TOML config file (kebab-case keys, e.g. `executor-timeout-seconds = 30`).
+    #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Seconds without a heartbeat before an executor is declared lost.
+    #[arg(long, value_name = "SECONDS")]
+    executor_timeout_seconds: Option<u64>,
+    /// Executors needed before /readyz reports ready.
+    #[arg(long, value_name = "N")]
+    min_ready_executors: Option<usize>,
+    /// Directory for Ballista's per-job event logs.
+    #[arg(long, value_name = "DIR")]
+    event_log_dir: Option<String>,
+}
+
+fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::Error> {
+    let mut config = match &args.config {
+        Some(path) => SchedulerProcessConfig::from_file(path)?,
+        None => SchedulerProcessConfig::default(),
+    };
+    if let Some(v) = args.bind {
+        config.bind = v;
+    }
+    if let Some(v) = args.advertise {
+        config.advertise = Some(v);
+    }
+    if let Some(v) = args.log_format {
+        config.log_format = v;
+    }
+    if let Some(v) = args.executor_timeout_seconds {
+        config.executor_timeout_seconds = v;
+    }
+    if let Some(v) = args.min_ready_executors {
+        config.min_ready_executors = v;
+    }
+    if let Some(v) = args.event_log_dir {
+        config.event_log_dir = Some(v);
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match config_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.class().exit_code() as u8);
+        }
+    };
+    logging::init(config.log_format, logging::DEFAULT_FILTER);
+    let running = match sluice_scheduler::start(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.class().exit_code() as u8);
+        }
+    };
+    println!("sluice-scheduler listening on {}", running.endpoint);
+    tokio::select! {
+        result = running.wait() => match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.class().exit_code() as u8)
+            }
+        },
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

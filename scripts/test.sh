@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole Sluice test suite, from a fresh machine with only Rust installed.
+#
+#   scripts/test.sh            # build (profile `quick`) and run every test
+#   scripts/test.sh slt_local  # extra arguments go to `cargo nextest run`
+#
+# It installs what the tests need when it is missing (as root via apt-get,
+# otherwise it stops with the exact install line).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt() { # need_apt COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing $2 (for $1) ..." >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  else
+    echo "error: '$1' is missing; install it with: sudo apt-get install -y $2" >&2
+    exit 1
+  fi
+}
+
+# protoc: etcd-client and any .proto of ours compile protobuf at build time.
+need_apt protoc protobuf-compiler
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest ..." >&2
+  cargo install cargo-nextest --locked
+fi
+
+# Builds are heavy (DataFusion + Ballista): keep the target dir unless told otherwise.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+cargo fmt --all -- --check
+cargo nextest run --workspace --cargo-profile quick --no-fail-fast "$@"

@@ -1,0 +1,21 @@
+//! Sluice's SQL layer, shared by the client, the scheduler and the executors.
+//!
+//! It owns the pieces that must be identical in every process of a cluster:
+//! the `sluice.*` session options ([`SluiceOptions`]), the session
+//! configuration and runtime environment each process builds
+//! ([`session`]), how a `NAME=PATH[:FORMAT]` table source is parsed and
+//! registered ([`tables`]), and the TPC-H query texts used by tests and
+//! benchmarks ([`tpch`]).
+//!
+//! Ballista drops unknown configuration keys silently on the scheduler and
+//! executors, so every process must build its `SessionConfig` through
+//! [`session::cluster_session_config`], which registers every extension.
+
+pub mod error;
+pub mod options;
+pub mod session;
+pub mod tables;
+pub mod tpch;
+
+pub use error::{Error, Result};
+pub use options::SluiceOptions;

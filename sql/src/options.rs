@@ -1,0 +1,149 @@
+//! The `sluice.*` session options.
+//!
+//! They are a DataFusion [`ConfigExtension`], so `SET sluice.x = y`, the
+//! CLI's `--set sluice.x=y` and Ballista's key/value transport all reach them.
+//! Ballista applies client keys on the scheduler and executors with errors
+//! swallowed, so these options must be registered in all three places
+//! ([`crate::session::cluster_session_config`] does it).
+//!
+//! The `skew.*` group configures hot-key salting. Its values are validated
+//! here and travel with every job; the salting planner reads them.
+
+use std::any::Any;
+
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
+use datafusion::error::{DataFusionError, Result};
+
+/// Per-query Sluice options (`sluice.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SluiceOptions {
+    /// `sluice.skew.enabled`: detect hot keys and salt them.
+    pub skew_enabled: bool,
+    /// `sluice.skew.hot_key_share`: a key is hot when it holds more than this
+    /// share of its input's rows (0 < share < 1).
+    pub skew_hot_key_share: f64,
+    /// `sluice.skew.buckets`: number of salt buckets a hot key is spread over.
+    pub skew_buckets: u32,
+}
+
+impl Default for SluiceOptions {
+    fn default() -> Self {
+        Self { skew_enabled: true, skew_hot_key_share: 0.01, skew_buckets: 16 }
+    }
+}
+
+const KEYS: [(&str, &str); 3] = [
+    ("skew.enabled", "Detect hot join/grouping keys and salt them (true|false)."),
+    ("skew.hot_key_share", "A key is hot above this share of its input's rows, in (0, 1)."),
+    ("skew.buckets", "Salt buckets a hot key is spread over, 2..=1024."),
+];
+
+impl ConfigExtension for SluiceOptions {
+    const PREFIX: &'static str = "sluice";
+}
+
+fn invalid(key: &str, value: &str, expected: &str) -> DataFusionError {
+    DataFusionError::Configuration(format!(
+        "invalid value '{value}' for sluice.{key}: expected {expected}"
+    ))
+}
+
+impl ExtensionOptions for SluiceOptions {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let v = value.trim();
+        match key {
+            "skew.enabled" => {
+                self.skew_enabled = v
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|_| invalid(key, value, "true or false"))?;
+            }
+            "skew.hot_key_share" => {
+                let share: f64 =
+                    v.parse().map_err(|_| invalid(key, value, "a number in (0, 1)"))?;
+                if !(share > 0.0 && share < 1.0) {
+                    return Err(invalid(key, value, "a number in (0, 1)"));
+                }
+                self.skew_hot_key_share = share;
+            }
+            "skew.buckets" => {
+                let buckets: u32 =
+                    v.parse().map_err(|_| invalid(key, value, "an integer in 2..=1024"))?;
+                if !(2..=1024).contains(&buckets) {
+                    return Err(invalid(key, value, "an integer in 2..=1024"));
+                }
+                self.skew_buckets = buckets;
+            }
+            _ => {
+                let known: Vec<String> = KEYS.iter().map(|(k, _)| format!("sluice.{k}")).collect();
+                return Err(DataFusionError::Configuration(format!(
+                    "unknown setting sluice.{key}; known sluice settings: {}",
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<ConfigEntry> {
+        let values = [
+            self.skew_enabled.to_string(),
+            self.skew_hot_key_share.to_string(),
+            self.skew_buckets.to_string(),
+        ];
+        KEYS.iter()
+            .zip(values)
+            .map(|((key, description), value)| ConfigEntry {
+                key: format!("{}.{key}", Self::PREFIX),
+                value: Some(value),
+                description,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::SessionConfig;
+
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_through_key_value_pairs() {
+        let mut config = SessionConfig::new().with_option_extension(SluiceOptions::default());
+        config.options_mut().set("sluice.skew.buckets", "32").expect("valid");
+        config.options_mut().set("sluice.skew.enabled", "FALSE").expect("valid");
+        let entries = config.options().entries();
+        let mut other = SessionConfig::new().with_option_extension(SluiceOptions::default());
+        for e in entries.iter().filter(|e| e.key.starts_with("sluice.")) {
+            let value = e.value.as_deref().expect("set");
+            other.options_mut().set(&e.key, value).expect("round trip");
+        }
+        let opts = other.options().extensions.get::<SluiceOptions>().expect("registered");
+        assert_eq!(opts.skew_buckets, 32);
+        assert!(!opts.skew_enabled);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let mut config = SessionConfig::new().with_option_extension(SluiceOptions::default());
+        let err = config.options_mut().set("sluice.nope", "1").expect_err("unknown");
+        assert!(err.to_string().contains("unknown setting sluice.nope"), "{err}");
+        let err = config.options_mut().set("sluice.skew.buckets", "1").expect_err("range");
+        assert!(err.to_string().contains("2..=1024"), "{err}");
+        let err = config.options_mut().set("sluice.skew.hot_key_share", "1.5").expect_err("range");
+        assert!(err.to_string().contains("(0, 1)"), "{err}");
+    }
+}

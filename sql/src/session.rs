@@ -1,0 +1,191 @@
+//! How every Sluice process builds its DataFusion session.
+//!
+//! ```text
+//!  client (sluice sql)            scheduler                       executor
+//!  cluster_session_config()  ──►  cluster_session_config()  ──►  cluster_session_config()
+//!   + --set KEY=VALUE  ── key/value pairs travel with the job ──►  applied on each side
+//!  client_state()                 scheduler_session_state()       executor_runtime_env()
+//! ```
+//!
+//! All three register the same option extensions (Ballista's `ballista.*`,
+//! object-store `s3.*`, Sluice's `sluice.*`), so a key set on the client means
+//! the same thing on every process. Any change to defaults here changes them
+//! cluster-wide.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ballista_core::extension::{
+    SessionConfigExt, ballista_aggregate_functions, ballista_scalar_functions,
+    ballista_window_functions,
+};
+use ballista_core::object_store::{CustomObjectStoreRegistry, S3Options};
+use ballista_core::optimizer::ballista_default_optimizer_rules;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::prelude::SessionConfig;
+
+use crate::error::{Error, Result};
+use crate::options::SluiceOptions;
+
+/// Default number of partitions a cluster query is planned with.
+///
+/// Ballista's own default (16) multiplies tasks, shuffle files and scheduling
+/// round-trips; on small clusters that overhead dominates (see
+/// `benchmarks/README.md`). Override with
+/// `--set datafusion.execution.target_partitions=N`.
+pub const DEFAULT_CLUSTER_TARGET_PARTITIONS: usize = 4;
+
+/// The session configuration of a cluster query, identical on client,
+/// scheduler and executor.
+pub fn cluster_session_config() -> SessionConfig {
+    SessionConfig::new_with_ballista()
+        .with_option_extension(S3Options::default())
+        .with_option_extension(SluiceOptions::default())
+        .with_information_schema(true)
+        .with_target_partitions(DEFAULT_CLUSTER_TARGET_PARTITIONS)
+}
+
+/// The reference engine's configuration: plain single-process DataFusion
+/// with its own defaults (all cores), plus the `sluice.*` options so that the
+/// same `--set` lines are accepted by both engines.
+pub fn local_session_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_option_extension(S3Options::default())
+        .with_option_extension(SluiceOptions::default())
+        .with_information_schema(true)
+}
+
+/// A runtime environment whose object-store registry serves local files and
+/// `s3://` URLs configured by the session's `s3.*` options (or the standard
+/// `AWS_*` environment variables).
+pub fn runtime_env(config: &SessionConfig, temp_dir: Option<&Path>) -> DfResult<Arc<RuntimeEnv>> {
+    let s3 = config.options().extensions.get::<S3Options>().cloned().unwrap_or_default();
+    let mut builder = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(CustomObjectStoreRegistry::new(s3)));
+    if let Some(dir) = temp_dir {
+        builder = builder.with_temp_file_path(dir);
+    }
+    Ok(Arc::new(builder.build()?))
+}
+
+/// The scheduler's session builder: Ballista's default rules and functions,
+/// plus Sluice's runtime environment.
+pub fn scheduler_session_state(config: SessionConfig) -> DfResult<SessionState> {
+    let runtime = runtime_env(&config, None)?;
+    Ok(SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_optimizer_rules(ballista_default_optimizer_rules())
+        .with_scalar_functions(ballista_scalar_functions())
+        .with_aggregate_functions(ballista_aggregate_functions())
+        .with_window_functions(ballista_window_functions())
+        .build())
+}
+
+/// The client's session state before Ballista upgrades it for a remote
+/// scheduler (`SessionContext::remote_with_state`).
+pub fn client_state(config: SessionConfig) -> DfResult<SessionState> {
+    let runtime = runtime_env(&config, None)?;
+    Ok(SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .build())
+}
+
+/// Applies `KEY=VALUE` settings to a session configuration.
+///
+/// Unknown keys are errors here, on the client, because Ballista would drop
+/// them silently on the scheduler and executors.
+///
+/// # Errors
+/// [`Error::InvalidSetting`] naming the key when it is unknown, reserved or
+/// its value does not parse.
+pub fn apply_settings(config: &mut SessionConfig, settings: &[(String, String)]) -> Result<()> {
+    for (key, value) in settings {
+        let key = key.trim();
+        if !key.contains('.') {
+            return Err(Error::InvalidSetting {
+                key: key.to_string(),
+                reason: "expected a namespaced key such as datafusion.execution.batch_size, ballista.shuffle.compression.codec or sluice.skew.enabled".to_string(),
+            });
+        }
+        config.options_mut().set(key, value.trim()).map_err(|e| Error::InvalidSetting {
+            key: key.to_string(),
+            reason: clean_df_message(&e),
+        })?;
+    }
+    Ok(())
+}
+
+/// Parses one `KEY=VALUE` command-line setting.
+pub fn parse_setting(input: &str) -> Result<(String, String)> {
+    match input.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(Error::InvalidSetting {
+            key: input.to_string(),
+            reason: "expected KEY=VALUE, e.g. datafusion.execution.batch_size=4096".to_string(),
+        }),
+    }
+}
+
+/// DataFusion prefixes its messages with the error kind and sometimes adds a
+/// backtrace hint; keep only what a user needs.
+pub fn clean_df_message(e: &DataFusionError) -> String {
+    let msg = e.to_string();
+    let msg = msg.split("\n\nbacktrace").next().unwrap_or(&msg).to_string();
+    for prefix in
+        ["Invalid or Unsupported Configuration: ", "Error during planning: ", "Execution error: "]
+    {
+        if let Some(rest) = msg.strip_prefix(prefix) {
+            return rest.to_string();
+        }
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn known_keys_of_every_namespace_apply() {
+        let mut config = cluster_session_config();
+        apply_settings(
+            &mut config,
+            &settings(&[
+                ("datafusion.execution.batch_size", "1234"),
+                ("ballista.shuffle.compression.codec", "none"),
+                ("sluice.skew.buckets", "8"),
+            ]),
+        )
+        .expect("known keys");
+        assert_eq!(config.batch_size(), 1234);
+        let opts = config.options().extensions.get::<SluiceOptions>().expect("registered");
+        assert_eq!(opts.skew_buckets, 8);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_in_every_namespace() {
+        for key in ["datafusion.execution.nope", "ballista.nope", "sluice.nope", "nope.x", "nope"] {
+            let mut config = cluster_session_config();
+            let err = apply_settings(&mut config, &settings(&[(key, "1")])).expect_err(key);
+            assert!(err.to_string().contains(key.trim_start_matches("nope.")), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn parse_setting_needs_an_equals_sign() {
+        assert_eq!(parse_setting("a.b=c=d").expect("ok"), ("a.b".into(), "c=d".into()));
+        assert!(parse_setting("a.b").is_err());
+        assert!(parse_setting("=x").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! Test support shared by Sluice's cross-crate tests and the benchmark
+//! runners: a [`TestCluster`] of real `sluice-scheduler` and
+//! `sluice-executor` processes, paths to the workspace binaries, and the
+//! sqllogictest engines ([`slt`]).
+//!
+//! Processes bind port 0 and report the port they picked on stdout; the
+//! cluster waits on the scheduler's `/readyz` (which turns ready once the
+//! expected number of executors registered) with a deadline, never a sleep.
+
+pub mod slt;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The folder holding the workspace's binaries for the running profile
+/// (`target/<profile>`), found from the test executable's own path
+/// (`target/<profile>/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("SLUICE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let mut dir = exe.parent().expect("parent").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary (`sluice`, `sluice-scheduler`, `sluice-executor`).
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace binaries first (cargo nextest/cargo test --workspace builds them)",
+        path.display()
+    );
+    path
+}
+
+/// A child process whose output goes to a log file; killed on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+    /// The address it printed in its `listening on` line.
+    pub addr: String,
+}
+
+impl Proc {
+    /// Spawns `bin args…`, waiting up to `deadline` for the line
+    /// `<prefix> listening on HOST:PORT` on stdout.
+    pub fn spawn(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        log_dir: &Path,
+        deadline: Duration,
+    ) -> anyhow::Result<Self> {
+        let log = log_dir.join(format!("{name}.log"));
+        let stderr = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = mpsc::channel();
+        let out_log = log_dir.join(format!("{name}.stdout"));
+        std::thread::spawn(move || {
+            let mut file = File::create(out_log).ok();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+                if let Some((_, addr)) = line.split_once(" listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(deadline) {
+            Ok(addr) => Ok(Self { name: name.to_string(), child, log, addr }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!("{name} did not report its address within {deadline:?}; its log:\n{tail}")
+            }
+        }
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real cluster: one `sluice-scheduler` and N `sluice-executor`
+/// processes on free loopback ports, stopped on drop (logs printed when the
+/// test is failing).
+pub struct TestCluster {
+    pub scheduler: Proc,
+    pub executors: Vec<Proc>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts a scheduler and `executors` executors with `vcores` slots each.
+    pub fn start(executors: usize, vcores: usize) -> anyhow::Result<Self> {
+        Self::start_with(executors, vcores, &[])
+    }
+
+    /// As [`TestCluster::start`], with extra executor flags.
+    pub fn start_with(
+        executors: usize,
+        vcores: usize,
+        executor_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("sluice-test-cluster-").tempdir()?;
+        let deadline = Duration::from_secs(60);
+        let scheduler = Proc::spawn(
+            "scheduler",
+            &bin("sluice-scheduler"),
+            &[
+                "--bind".into(),
+                "127.0.0.1:0".into(),
+                "--min-ready-executors".into(),
+                executors.to_string(),
+            ],
+            dir.path(),
+            deadline,
+        )?;
+        let mut procs = Vec::new();
+        for i in 0..executors {
+            let mut args = vec![
+                "--scheduler".to_string(),
+                scheduler.addr.clone(),
+                "--bind".into(),
+                "127.0.0.1:0".into(),
+                "--vcores".into(),
+                vcores.to_string(),
+                "--work-dir".into(),
+                dir.path().join(format!("work-{i}")).display().to_string(),
+            ];
+            args.extend(executor_args.iter().map(|s| s.to_string()));
+            procs.push(Proc::spawn(
+                &format!("executor-{i}"),
+                &bin("sluice-executor"),
+                &args,
+                dir.path(),
+                deadline,
+            )?);
+        }
+        let cluster = Self { scheduler, executors: procs, dir };
+        cluster.wait_ready(deadline)?;
+        Ok(cluster)
+    }
+
+    /// The scheduler's `HOST:PORT`.
+    pub fn scheduler_addr(&self) -> &str {
+        &self.scheduler.addr
+    }
+
+    fn wait_ready(&self, deadline: Duration) -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let start = Instant::now();
+        rt.block_on(sluice_client::http::wait_ready(&self.scheduler.addr, deadline))
+            .with_context(|| format!("cluster not ready after {:?}", start.elapsed()))?;
+        Ok(())
+    }
+
+    /// All process logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for p in std::iter::once(&self.scheduler).chain(&self.executors) {
+            let text = p.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("----- {} ({}) -----\n", p.name, p.log.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// The workspace root (`tests/..`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}

@@ -105,9 +105,9 @@ pub async fn run(out: &mut dyn Write, scale_factor: f64, data_dir: &Path) -> Res
     }
     writeln!(
         out,
-        "\nDone in {:.1} s. Next: `sluice sql --standalone --table lineitem={}/lineitem \"SELECT count(*) FROM lineitem\"`",
-        started.elapsed().as_secs_f64(),
-        data_dir.display()
+        "\nDone in {:.1} s. Next: `sluice demo --data-dir data/tpch` keeps the data; then \
+         `sluice sql --table lineitem=data/tpch/lineitem \"SELECT count(*) FROM lineitem\"`",
+        started.elapsed().as_secs_f64()
     )
     .map_err(out_err)?;
     Ok(())

@@ -133,19 +133,40 @@ pub fn parse_setting(input: &str) -> Result<(String, String)> {
     }
 }
 
-/// DataFusion prefixes its messages with the error kind and sometimes adds a
-/// backtrace hint; keep only what a user needs.
+/// DataFusion nests errors ("Error setting config ... caused by ...") and
+/// prefixes each with its kind; keep the innermost message, on one line,
+/// without the Rust debug wrapping of parser errors.
 pub fn clean_df_message(e: &DataFusionError) -> String {
-    let msg = e.to_string();
-    let msg = msg.split("\n\nbacktrace").next().unwrap_or(&msg).to_string();
-    for prefix in
-        ["Invalid or Unsupported Configuration: ", "Error during planning: ", "Execution error: "]
-    {
-        if let Some(rest) = msg.strip_prefix(prefix) {
-            return rest.to_string();
+    let root = match e {
+        DataFusionError::Context(_, inner) => inner.find_root(),
+        other => other.find_root(),
+    };
+    let mut msg = root.to_string();
+    msg = msg.split("\n\nbacktrace").next().unwrap_or(&msg).to_string();
+    loop {
+        let before = msg.clone();
+        for prefix in [
+            "Invalid or Unsupported Configuration: ",
+            "Error during planning: ",
+            "Execution error: ",
+            "SQL error: ",
+            "Schema error: ",
+            "This feature is not implemented: ",
+        ] {
+            if let Some(rest) = msg.strip_prefix(prefix) {
+                msg = rest.to_string();
+            }
+        }
+        for wrapper in ["ParserError(\"", "TokenizerError(\""] {
+            if let Some(rest) = msg.strip_prefix(wrapper) {
+                msg = rest.strip_suffix("\")").unwrap_or(rest).to_string();
+            }
+        }
+        if msg == before {
+            break;
         }
     }
-    msg
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -180,6 +201,21 @@ mod tests {
             let err = apply_settings(&mut config, &settings(&[(key, "1")])).expect_err(key);
             assert!(err.to_string().contains(key.trim_start_matches("nope.")), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn datafusion_messages_are_cleaned_to_one_line() {
+        let parse = DataFusionError::SQL(
+            Box::new(datafusion::sql::sqlparser::parser::ParserError::ParserError(
+                "Expected: an SQL statement, found: SELEC".into(),
+            )),
+            None,
+        );
+        assert_eq!(clean_df_message(&parse), "Expected: an SQL statement, found: SELEC");
+        let mut config = cluster_session_config();
+        let err = config.options_mut().set("datafusion.execution.nope", "1").expect_err("unknown");
+        let msg = clean_df_message(&err);
+        assert!(!msg.contains('\n') && msg.contains("nope"), "{msg}");
     }
 
     #[test]

@@ -54,4 +54,13 @@ fn slt_cluster() {
     let cluster = TestCluster::start(2, 2).expect("cluster");
     let queries = run_all(&EngineKind::Cluster { scheduler: cluster.scheduler_addr().to_string() });
     assert!(queries >= MIN_QUERIES, "only {queries} queries ran on the cluster");
+    // The queries were distributed: every executor process ran tasks.
+    for e in &cluster.executors {
+        assert!(
+            e.log_text().contains("Execute task"),
+            "{} ran no task:\n{}",
+            e.name,
+            cluster.logs()
+        );
+    }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole Sluice test suite, from a fresh machine with only Rust installed.
 #
-#   scripts/test.sh            # build (profile `quick`) and run every test
+#   scripts/test.sh            # build (dev profile) and run every test
 #   scripts/test.sh slt_local  # extra arguments go to `cargo nextest run`
 #
 # It installs what the tests need when it is missing (as root via apt-get,
@@ -32,4 +32,4 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 cargo fmt --all -- --check
-cargo nextest run --workspace --cargo-profile quick --no-fail-fast "$@"
+cargo nextest run --workspace --no-fail-fast "$@"

@@ -52,10 +52,30 @@ enum Bench {
         #[arg(long = "query")]
         queries: Vec<u32>,
     },
+    /// Churn backfill: tiled backfill vs the naive per-date loop, and 3x windows vs 1x.
+    Churn {
+        #[arg(long, default_value_t = 2000)]
+        users: u64,
+        /// Feature dates to backfill (the data covers these plus 100 days before).
+        #[arg(long, default_value_t = 365)]
+        dates: u32,
+        #[arg(long, default_value_t = 31)]
+        chunk_days: u32,
+        /// Run the naive loop on every Nth date only and extrapolate (1 = all dates).
+        #[arg(long, default_value_t = 1)]
+        naive_every: u32,
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        #[arg(long, default_value_t = 0)]
+        vcores: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Bench::Churn { users, dates, chunk_days, naive_every, executors, vcores } => {
+            churn(users, dates, chunk_days, naive_every.max(1), executors, vcores)
+        }
         Bench::Tpch { scale_factor, data, iterations, executors, vcores, settings, queries } => {
             tpch(scale_factor, data, iterations.max(1), executors, vcores, &settings, &queries)
         }
@@ -88,7 +108,7 @@ fn tpch(
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let vcores = if vcores == 0 { cores } else { vcores };
     let cluster = TestCluster::start(executors, vcores).context("start the process cluster")?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = sluice_proto::runtime()?;
     rt.block_on(async {
         let target = Target::Scheduler(cluster.scheduler_addr().parse()?);
         let conn = connect(&target, &settings, &tables).await?;
@@ -131,4 +151,119 @@ fn tpch(
         anyhow::ensure!(mismatches.is_empty(), "answers differ");
         Ok(())
     })
+}
+
+fn churn(
+    users: u64,
+    dates: u32,
+    chunk_days: u32,
+    naive_every: u32,
+    executors: usize,
+    vcores: usize,
+) -> anyhow::Result<()> {
+    use chrono::NaiveDate;
+    use sluice_client::backfill::{BackfillOptions, run};
+    use sluice_sql::job::spec::{JobSpec, Window};
+
+    let start = NaiveDate::from_ymd_opt(2023, 1, 1).context("date")?;
+    let lookback = 100;
+    let first = start + chrono::Duration::days(lookback);
+    let last = first + chrono::Duration::days(i64::from(dates) - 1);
+    let root =
+        sluice_tests::workspace_root().join(format!("benchmarks/data/churn-u{users}-d{dates}"));
+    let data = root.join("raw");
+    if !data.join("events").is_dir() {
+        eprintln!(
+            "generating churn data ({users} users, {} days) into {} ...",
+            dates + lookback as u32,
+            data.display()
+        );
+        let cfg = sluice_client::datagen::churn::ChurnConfig {
+            users,
+            start,
+            days: dates + lookback as u32,
+            seed: 1,
+            ..Default::default()
+        };
+        sluice_client::datagen::churn::generate(&cfg, &data)?;
+    }
+    let work = tempfile::Builder::new().prefix("sluice-churn-bench-").tempdir()?;
+    let spec_path = sluice_tests::workspace_root().join("sql/jobs/churn.yaml");
+    let spec = JobSpec::from_file(&spec_path)?;
+    let mut tripled = spec.clone();
+    for f in &mut tripled.features {
+        if let Window::Days(w) = f.window {
+            f.window = Window::Days(w * 3);
+        }
+    }
+    let tripled_path = work.path().join("churn-3x.yaml");
+    std::fs::write(&tripled_path, serde_yaml::to_string(&tripled)?)?;
+
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let vcores = if vcores == 0 { cores } else { vcores };
+    let cluster = TestCluster::start(executors, vcores).context("start the process cluster")?;
+    let target = Target::Scheduler(cluster.scheduler_addr().parse()?);
+    let rt = sluice_proto::runtime()?;
+    let opts = |spec: &std::path::Path, out: &str| BackfillOptions {
+        spec: spec.to_path_buf(),
+        from: first,
+        to: last,
+        target: target.clone(),
+        data_dir: Some(data.clone()),
+        output: Some(work.path().join(out)),
+        chunk_days,
+        parallel: 2,
+        settings: vec![],
+        progress: false,
+    };
+    println!(
+        "churn backfill: {users} users, {dates} feature dates ({first}..{last}), process cluster 1 scheduler + {executors} executors x {vcores} slots, chunk {chunk_days} days"
+    );
+    let report = rt.block_on(run(&opts(&spec_path, "tiled")))?;
+    anyhow::ensure!(report.ok, "quality failed");
+    let tiled = report.seconds;
+    println!(
+        "tiled backfill (30/7/90-day windows): {tiled:.2} s, {} rows, {} chunks",
+        report.rows, report.chunks
+    );
+    let report3 = rt.block_on(run(&opts(&tripled_path, "tiled-3x")))?;
+    let tiled3 = report3.seconds;
+    println!("tiled backfill, every window x3 (90/21/270 days): {tiled3:.2} s");
+
+    // The naive loop: one query per feature date over the raw tables, written out the same way.
+    let naive_secs = rt.block_on(async {
+        let mut tables = Vec::new();
+        for t in sluice_client::datagen::churn::TABLES {
+            tables.push(sluice_sql::tables::TableSource::new(
+                t,
+                &data.join(t).to_string_lossy(),
+                Some(sluice_sql::tables::TableFormat::Parquet),
+            )?);
+        }
+        let conn = connect(&target, &[], &tables).await?;
+        let out = work.path().join("naive");
+        let t = Instant::now();
+        let mut ran = 0u32;
+        for (i, day) in first.iter_days().take_while(|d| *d <= last).enumerate() {
+            if i as u32 % naive_every != 0 {
+                continue;
+            }
+            let sql = sluice_sql::job::churn_reference_sql(day);
+            let dir = out.join(format!("feature_date={day}"));
+            run_sql(&conn.ctx, &format!("COPY ({sql}) TO '{}/' STORED AS PARQUET", dir.display()))
+                .await?;
+            ran += 1;
+        }
+        let per_date = t.elapsed().as_secs_f64() / f64::from(ran.max(1));
+        anyhow::Ok(per_date * f64::from(dates))
+    })?;
+    let note = if naive_every > 1 {
+        format!(" (every {naive_every}th date run, extrapolated)")
+    } else {
+        String::new()
+    };
+    println!("naive per-date loop: {naive_secs:.2} s{note}");
+    println!("RATIO naive/tiled = {:.1}x (target >= 20)", naive_secs / tiled);
+    println!("RATIO windows x3 / x1 = {:.2} (target <= 1.2)", tiled3 / tiled);
+    Ok(())
 }

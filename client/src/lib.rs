@@ -2,6 +2,7 @@
 //! cluster), registers tables, runs SQL and formats results. The `sluice`
 //! binary (`main.rs`) is a thin command line over this library.
 
+pub mod backfill;
 pub mod cluster;
 pub mod connect;
 pub mod datagen;

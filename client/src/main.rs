@@ -60,11 +60,57 @@ enum Command {
         #[command(subcommand)]
         what: GenCommand,
     },
-    /// Start an embedded cluster, generate a small data set and run distributed queries, checking each against DataFusion.
+    /// Backfill a feature job's daily partitions over a date range on the cluster.
     #[command(
-        after_help = "Examples:\n  sluice demo\n  sluice demo --scale-factor 0.1 --data-dir /tmp/tpch"
+        after_help = "Examples:\n  sluice gen churn --users 2000 --start 2024-01-01 --days 120 --out data/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --output out/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --scheduler 127.0.0.1:50050 --json\n\nOutput: OUT/feature_date=YYYY-MM-DD/*.parquet (Hive partitioning). Dates already committed are skipped,\nso rerunning a killed or finished backfill completes only what is missing."
+    )]
+    Backfill {
+        /// The job spec (YAML), e.g. sql/jobs/churn.yaml.
+        spec: PathBuf,
+        /// First feature date, YYYY-MM-DD.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        from: String,
+        /// Last feature date (inclusive), YYYY-MM-DD.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        to: String,
+        /// The scheduler to submit to.
+        #[arg(
+            long,
+            env = "SLUICE_SCHEDULER",
+            value_name = "HOST:PORT",
+            conflicts_with = "standalone"
+        )]
+        scheduler: Option<HostPort>,
+        /// Start an embedded cluster in this process (the default without --scheduler).
+        #[arg(long)]
+        standalone: bool,
+        /// Folder the spec's source paths are relative to (default: the spec's folder).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Output folder (default: the spec's output.path, relative to the spec).
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// Feature dates per distributed job.
+        #[arg(long, default_value_t = 31, value_name = "N")]
+        chunk_days: u32,
+        /// Chunks in flight at once.
+        #[arg(long, default_value_t = 2, value_name = "N")]
+        parallel: usize,
+        /// A session setting (KEY=VALUE), as for `sluice sql`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// Print a machine-readable JSON summary on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start an embedded cluster, generate churn data, backfill churn features (quality report, sample rows, point-in-time check), then check TPC-H queries against DataFusion.
+    #[command(
+        after_help = "Examples:\n  sluice demo\n  sluice demo --users 5000 --data-dir /tmp/sluice-demo"
     )]
     Demo {
+        /// Users in the generated churn data.
+        #[arg(long, default_value_t = 1000)]
+        users: u64,
         /// TPC-H scale factor of the generated data.
         #[arg(long, default_value_t = 0.05)]
         scale_factor: f64,
@@ -84,6 +130,39 @@ enum GenCommand {
         /// Scale factor (1 = ~1 GB of raw data, 6M lineitem rows).
         #[arg(long, value_name = "SF")]
         scale_factor: f64,
+        /// Output folder.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Raw churn data (users, transactions, events, tickets) as Parquet: OUT/<table>/part-N.parquet.
+    #[command(
+        after_help = "Examples:\n  sluice gen churn --users 10000 --start 2024-01-01 --days 365 --seed 7 --out data/churn\n  sluice gen churn --users 10000 --start 2024-01-01 --days 90 --zipf 1.2 --out data/churn-skewed\n\nSame arguments give the same rows."
+    )]
+    Churn {
+        /// Number of users (user_id 1..=N).
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// First day of activity, YYYY-MM-DD.
+        #[arg(long, default_value = "2024-01-01", value_name = "YYYY-MM-DD")]
+        start: String,
+        /// Days of activity.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Zipf exponent of activity over users (0 = uniform; 1.2 gives the hottest user ~20% of rows).
+        #[arg(long, default_value_t = 0.0)]
+        zipf: f64,
+        /// Average transactions per user per day.
+        #[arg(long, default_value_t = 0.2)]
+        txn_rate: f64,
+        /// Average events per user per day.
+        #[arg(long, default_value_t = 1.5)]
+        event_rate: f64,
+        /// Average support tickets per user per day.
+        #[arg(long, default_value_t = 0.01)]
+        ticket_rate: f64,
         /// Output folder.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
@@ -124,7 +203,104 @@ async fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
-        Command::Demo { scale_factor, data_dir } => {
+        Command::Gen {
+            what:
+                GenCommand::Churn {
+                    users,
+                    start,
+                    days,
+                    seed,
+                    zipf,
+                    txn_rate,
+                    event_rate,
+                    ticket_rate,
+                    out,
+                },
+        } => {
+            let cfg = sluice_client::datagen::churn::ChurnConfig {
+                users,
+                start: sluice_client::backfill::parse_date("--start", &start)?,
+                days,
+                seed,
+                zipf,
+                txn_rate,
+                event_rate,
+                ticket_rate,
+            };
+            for g in sluice_client::datagen::churn::generate(&cfg, &out)? {
+                println!(
+                    "{:<13} {:>11} rows  {} file(s)  {}",
+                    g.table,
+                    g.rows,
+                    g.files,
+                    g.path.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Backfill {
+            spec,
+            from,
+            to,
+            scheduler,
+            standalone: _,
+            data_dir,
+            output,
+            chunk_days,
+            parallel,
+            settings,
+            json,
+        } => {
+            let opts = sluice_client::backfill::BackfillOptions {
+                spec,
+                from: sluice_client::backfill::parse_date("--from", &from)?,
+                to: sluice_client::backfill::parse_date("--to", &to)?,
+                target: match scheduler {
+                    Some(addr) => Target::Scheduler(addr),
+                    None => Target::Standalone,
+                },
+                data_dir,
+                output,
+                chunk_days,
+                parallel,
+                settings: settings
+                    .iter()
+                    .map(|s| sluice_sql::session::parse_setting(s))
+                    .collect::<Result<Vec<_>, _>>()?,
+                progress: !json,
+            };
+            let report = sluice_client::backfill::run(&opts).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report)
+                        .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?
+                );
+            } else {
+                eprint!("{}", sluice_client::backfill::quality_report(&report));
+                eprintln!(
+                    "{} of {} dates committed ({} already there), {} rows in {} chunk(s), {:.1} s -> {}",
+                    report.dates_committed,
+                    report.dates_total,
+                    report.dates_already_committed,
+                    report.rows,
+                    report.chunks,
+                    report.seconds,
+                    report.output
+                );
+            }
+            if !report.ok {
+                let text = sluice_client::backfill::quality_report(&report);
+                return Err(Error::Query {
+                    message: format!(
+                        "a quality expectation failed; the failing chunk was not committed.\n{text}"
+                    ),
+                    class: sluice_proto::ErrorClass::User,
+                });
+            }
+            Ok(())
+        }
+        Command::Demo { users, scale_factor, data_dir } => {
             let temp;
             let dir = match data_dir {
                 Some(d) => d,
@@ -141,21 +317,23 @@ async fn run(cli: Cli) -> Result<(), Error> {
             };
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            sluice_client::demo::run(&mut lock, scale_factor, &dir).await
+            sluice_client::demo::run(&mut lock, users, scale_factor, &dir).await
         }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Library logs are for operators; the CLI shows warnings unless RUST_LOG says otherwise.
-    logging::init(cli.log_format, "warn");
+    // Library logs are for operators: the CLI reports failures itself, so the
+    // embedded cluster's own error logs would only repeat them. RUST_LOG=info
+    // shows everything.
+    logging::init(cli.log_format, "warn,ballista_scheduler=off,ballista_core=off,ballista_executor=off");
     std::panic::set_hook(Box::new(|info| {
         eprintln!(
             "internal error: {info}\nThis is a bug in Sluice; please report it with the command you ran."
         );
     }));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match sluice_proto::runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

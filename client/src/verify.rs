@@ -51,7 +51,27 @@ fn float(v: f64) -> String {
     if !v.is_finite() {
         return v.to_string();
     }
-    format!("{v:.8e}")
+    format!("{v:.15e}")
+}
+
+/// Whether two rendered cells are equal: the same text, or two numbers
+/// within a relative 1e-9 (float sums in a different order).
+fn cells_equal(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => {
+            let scale = x.abs().max(y.abs()).max(1e-300);
+            (x - y).abs() / scale < 1e-9
+        }
+        _ => false,
+    }
+}
+
+fn rows_equal(a: &str, b: &str) -> bool {
+    let (ca, cb): (Vec<&str>, Vec<&str>) = (a.split('|').collect(), b.split('|').collect());
+    ca.len() == cb.len() && ca.iter().zip(&cb).all(|(x, y)| cells_equal(x, y))
 }
 
 /// Compares two results; `ordered` keeps row order significant.
@@ -72,7 +92,7 @@ pub fn compare(
     if e.len() != a.len() {
         anyhow::bail!("row counts differ: expected {}, got {}", e.len(), a.len());
     }
-    if let Some((i, (x, y))) = e.iter().zip(&a).enumerate().find(|(_, (x, y))| x != y) {
+    if let Some((i, (x, y))) = e.iter().zip(&a).enumerate().find(|(_, (x, y))| !rows_equal(x, y)) {
         anyhow::bail!("row {i} differs:\n  expected: {x}\n  actual:   {y}");
     }
     Ok(())

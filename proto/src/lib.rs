@@ -14,5 +14,21 @@ pub mod logging;
 pub use addr::HostPort;
 pub use error::{Error, ErrorClass, Result};
 
+/// Stack size of every Tokio worker thread Sluice creates. DataFusion plans
+/// and (de)serialises plans recursively; a backfill's chunk query overflows
+/// the 2 MiB default in unoptimised builds.
+pub const WORKER_STACK_BYTES: usize = 32 * 1024 * 1024;
+
+/// A multi-threaded Tokio runtime with [`WORKER_STACK_BYTES`] stacks.
+///
+/// # Errors
+/// The I/O error when the runtime cannot start.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(WORKER_STACK_BYTES)
+        .build()
+}
+
 /// Sluice's version, reported by every binary's `--version`.
 pub const SLUICE_VERSION: &str = env!("CARGO_PKG_VERSION");

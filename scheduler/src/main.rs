@@ -65,8 +65,17 @@ fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::E
     Ok(config)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    match sluice_proto::runtime() {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let args = Args::parse();
     let config = match config_from(args) {
         Ok(c) => c,

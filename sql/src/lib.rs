@@ -12,6 +12,7 @@
 //! [`session::cluster_session_config`], which registers every extension.
 
 pub mod error;
+pub mod job;
 pub mod options;
 pub mod session;
 pub mod tables;

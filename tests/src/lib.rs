@@ -181,7 +181,7 @@ impl TestCluster {
     }
 
     fn wait_ready(&self, deadline: Duration) -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = sluice_proto::runtime()?;
         let start = Instant::now();
         rt.block_on(sluice_client::http::wait_ready(&self.scheduler.addr, deadline))
             .with_context(|| format!("cluster not ready after {:?}", start.elapsed()))?;

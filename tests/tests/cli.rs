@@ -155,7 +155,7 @@ fn hand_started_cluster_answers_and_executors_run_tasks() {
     let printed = String::from_utf8_lossy(&out.stdout).to_string();
 
     // The same query on single-node DataFusion.
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = sluice_proto::runtime().expect("runtime");
     let expected = rt.block_on(async {
         let ctx = SessionContext::new_with_config(sluice_sql::session::local_session_config());
         let src = sluice_sql::tables::TableSource::parse(&table).expect("table");

@@ -8,7 +8,7 @@ use sluice_tests::slt::{EngineKind, complete_file, run_file, slt_files};
 const MIN_QUERIES: usize = 150;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+    sluice_proto::runtime().expect("runtime")
 }
 
 fn run_all(kind: &EngineKind) -> usize {

@@ -11,7 +11,7 @@ fn tpch_sf01_all_22_queries_match_local() {
     sluice_client::datagen::tpch::generate(0.1, data.path()).expect("generate");
     let tables = sluice_client::datagen::tpch::table_sources(data.path()).expect("tables");
     let cluster = TestCluster::start(2, 2).expect("cluster");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = sluice_proto::runtime().expect("runtime");
     let failures = rt.block_on(async {
         let target = Target::Scheduler(cluster.scheduler_addr().parse().expect("addr"));
         let conn = connect(&target, &[], &tables).await.expect("connect");

@@ -2,4 +2,5 @@
 //! folder and moved into place table by table, so an interrupted run never
 //! leaves a half-written table behind.
 
+pub mod churn;
 pub mod tpch;

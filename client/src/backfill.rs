@@ -1,0 +1,674 @@
+//! `sluice backfill`: computes a feature job's daily partitions over a date
+//! range on the cluster.
+//!
+//! ```text
+//! missing dates (OUT/feature_date=D absent) ─► chunks of ≤ chunk_days consecutive dates
+//!   per chunk (up to `parallel` at once), on the cluster:
+//!     COPY (tiled chunk query) TO <staging>/<chunk>/ PARTITIONED BY (feature_date)
+//!     quality expectations over the staged files ─ fail ─► staging removed, job fails
+//!     pass ─► each staging/feature_date=D renamed to OUT/feature_date=D   (atomic commit)
+//! ```
+//!
+//! Staging lives beside the output (`.<out>.sluice-staging/`), so readers of
+//! OUT never see it; a date directory appears in OUT only by a rename of a
+//! complete one. A rerun skips committed dates, so a run killed at any point
+//! (even SIGKILL) is completed by running it again, and a repeated run
+//! changes nothing. A lock file beside the output keeps two backfills from
+//! writing the same output at once.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use chrono::NaiveDate;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use futures::StreamExt;
+use serde::Serialize;
+use sluice_sql::job::spec::{Expectation, Function, JobSpec, SpecError};
+use sluice_sql::job::{plan, quality};
+use sluice_sql::tables::{TableFormat, TableSource};
+
+use crate::connect::{Target, connect, run_sql};
+use crate::error::{Error, Result};
+
+/// What to backfill and where.
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    pub spec: PathBuf,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub target: Target,
+    /// Source paths are relative to this (default: the spec's folder).
+    pub data_dir: Option<PathBuf>,
+    /// Output folder (default: the spec's `output.path`, relative to the spec).
+    pub output: Option<PathBuf>,
+    pub chunk_days: u32,
+    /// Chunks in flight at once.
+    pub parallel: usize,
+    pub settings: Vec<(String, String)>,
+    /// Draw a progress bar (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// The outcome of one expectation on one chunk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpectationResult {
+    pub expectation: String,
+    pub column: String,
+    pub chunk: String,
+    pub passed: bool,
+    pub failing: u64,
+    pub samples: Vec<String>,
+}
+
+/// The machine-readable summary (`--json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillReport {
+    pub spec: String,
+    pub output: String,
+    pub from: String,
+    pub to: String,
+    pub dates_total: usize,
+    pub dates_already_committed: usize,
+    pub dates_committed: usize,
+    pub chunks: usize,
+    pub rows: u64,
+    pub seconds: f64,
+    pub quality: Vec<ExpectationResult>,
+    pub ok: bool,
+}
+
+fn spec_error(e: SpecError) -> Error {
+    Error::Usage(e.to_string())
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Io { path: path.display().to_string(), reason: e.to_string() }
+}
+
+/// `YYYY-MM-DD`.
+pub fn parse_date(flag: &str, s: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+        Error::Usage(format!("{flag} '{s}' is not a date; expected YYYY-MM-DD, e.g. 2024-03-31"))
+    })
+}
+
+/// Dates committed in `out` (folders `feature_date=YYYY-MM-DD`).
+pub fn committed_dates(out: &Path) -> BTreeSet<NaiveDate> {
+    let mut dates = BTreeSet::new();
+    for entry in std::fs::read_dir(out).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(d) = name.strip_prefix("feature_date=") {
+            if let Ok(date) = NaiveDate::parse_from_str(d, "%Y-%m-%d") {
+                dates.insert(date);
+            }
+        }
+    }
+    dates
+}
+
+/// Splits sorted dates into runs of consecutive dates of at most `max` days.
+pub fn chunks(dates: &[NaiveDate], max: u32) -> Vec<(NaiveDate, NaiveDate)> {
+    let mut out: Vec<(NaiveDate, NaiveDate)> = Vec::new();
+    for &d in dates {
+        match out.last_mut() {
+            Some((first, last))
+                if *last + chrono::Duration::days(1) == d
+                    && (d - *first).num_days() < i64::from(max) =>
+            {
+                *last = d;
+            }
+            _ => out.push((d, d)),
+        }
+    }
+    out
+}
+
+/// An exclusive lock on an output folder, released on drop.
+struct OutputLock {
+    path: PathBuf,
+}
+
+impl OutputLock {
+    fn acquire(path: PathBuf) -> Result<Self> {
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let _ = write!(f, "{}", std::process::id());
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                    let alive = !pid.trim().is_empty()
+                        && Path::new(&format!("/proc/{}", pid.trim())).exists();
+                    if alive {
+                        return Err(Error::Usage(format!(
+                            "another backfill (pid {}) is writing this output; its lock is {}",
+                            pid.trim(),
+                            path.display()
+                        )));
+                    }
+                    // The holder died (e.g. SIGKILL): take the lock over.
+                    std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+                }
+                Err(e) => return Err(io_err(&path, e)),
+            }
+        }
+        Err(Error::Usage(format!("cannot take the lock {}", path.display())))
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let name =
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    out.with_file_name(format!(".{name}.{suffix}"))
+}
+
+fn int_value(batches: &[RecordBatch], col: usize) -> u64 {
+    batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(col)
+                .as_primitive_opt::<Int64Type>()
+                .map(|a| if a.is_null(0) { 0 } else { a.value(0) })
+        })
+        .unwrap_or(0)
+        .max(0) as u64
+}
+
+fn render_rows(batches: &[RecordBatch]) -> Vec<String> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for b in batches {
+        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let fmts: Vec<_> = b
+            .columns()
+            .iter()
+            .filter_map(|c| ArrayFormatter::try_new(c.as_ref(), &options).ok())
+            .collect();
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> =
+                names.iter().zip(&fmts).map(|(n, f)| format!("{n}={}", f.value(i))).collect();
+            rows.push(cells.join(" "));
+        }
+    }
+    rows
+}
+
+/// Checks a staged chunk; returns (results, rows per date).
+async fn check_chunk(
+    ctx: &SessionContext,
+    spec: &JobSpec,
+    staging: &Path,
+    label: &str,
+    dates: &[NaiveDate],
+) -> Result<(Vec<ExpectationResult>, Vec<(NaiveDate, u64)>)> {
+    let has_files = walk_has_files(staging);
+    let table = format!("stg_{}", label.replace('-', "_"));
+    let mut per_date: Vec<(NaiveDate, u64)> = dates.iter().map(|d| (*d, 0)).collect();
+    let mut results = Vec::new();
+    if has_files {
+        let opts = ParquetReadOptions::default().table_partition_cols(vec![(
+            "feature_date".to_string(),
+            datafusion::arrow::datatypes::DataType::Utf8,
+        )]);
+        ctx.register_parquet(&table, &format!("{}/", staging.display()), opts)
+            .await
+            .map_err(Error::from_datafusion)?;
+        let counts = run_sql(ctx, &quality::rows_per_date_sql(&table)).await?;
+        for b in &counts {
+            let ds = b.column(0).as_string_opt::<i32>();
+            let ns = b.column(1).as_primitive_opt::<Int64Type>();
+            if let (Some(ds), Some(ns)) = (ds, ns) {
+                for i in 0..b.num_rows() {
+                    if let Ok(d) = NaiveDate::parse_from_str(ds.value(i), "%Y-%m-%d") {
+                        if let Some(slot) = per_date.iter_mut().find(|(x, _)| *x == d) {
+                            slot.1 = ns.value(i).max(0) as u64;
+                        }
+                    }
+                }
+            }
+        }
+        let row_checks = match quality::row_checks_sql(spec, &table) {
+            Some(sql) => Some(run_sql(ctx, &sql).await?),
+            None => None,
+        };
+        for (i, e) in spec.expectations.iter().enumerate() {
+            let (failing, samples) = match e {
+                Expectation::UniqueKey { columns } => {
+                    let n = int_value(
+                        &run_sql(ctx, &quality::duplicate_count_sql(columns, &table)).await?,
+                        0,
+                    );
+                    let samples = if n > 0 {
+                        render_rows(
+                            &run_sql(ctx, &quality::duplicate_keys_sql(columns, &table, 5)).await?,
+                        )
+                    } else {
+                        vec![]
+                    };
+                    (n, samples)
+                }
+                Expectation::RowCountBetween { min, max } => {
+                    row_count_failures(&per_date, *min, *max)
+                }
+                _ => {
+                    let batches = row_checks.as_deref().unwrap_or(&[]);
+                    let idx =
+                        batches.first().and_then(|b| b.schema().index_of(&format!("e{i}")).ok());
+                    let n = idx.map(|c| int_value(batches, c)).unwrap_or(0);
+                    let samples = match (n > 0, quality::samples_sql(spec, e, &table, 5)) {
+                        (true, Some(sql)) => render_rows(&run_sql(ctx, &sql).await?),
+                        _ => vec![],
+                    };
+                    (n, samples)
+                }
+            };
+            results.push(ExpectationResult {
+                expectation: e.kind().to_string(),
+                column: e.column_label(),
+                chunk: label.to_string(),
+                passed: failing == 0,
+                failing,
+                samples,
+            });
+        }
+        let _ = ctx.deregister_table(&table);
+    } else {
+        for e in &spec.expectations {
+            let (failing, samples) = match e {
+                Expectation::RowCountBetween { min, max } => {
+                    row_count_failures(&per_date, *min, *max)
+                }
+                _ => (0, vec![]),
+            };
+            results.push(ExpectationResult {
+                expectation: e.kind().to_string(),
+                column: e.column_label(),
+                chunk: label.to_string(),
+                passed: failing == 0,
+                failing,
+                samples,
+            });
+        }
+    }
+    Ok((results, per_date))
+}
+
+fn row_count_failures(
+    per_date: &[(NaiveDate, u64)],
+    min: Option<u64>,
+    max: Option<u64>,
+) -> (u64, Vec<String>) {
+    let bad: Vec<String> = per_date
+        .iter()
+        .filter(|(_, n)| min.is_some_and(|m| *n < m) || max.is_some_and(|m| *n > m))
+        .map(|(d, n)| format!("feature_date={d} rows={n}"))
+        .collect();
+    (bad.len() as u64, bad.into_iter().take(5).collect())
+}
+
+fn walk_has_files(dir: &Path) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Moves each staged date folder into the output (creating an empty one for
+/// a date without rows). A date already present is left alone.
+fn commit(staging: &Path, out: &Path, dates: &[NaiveDate]) -> Result<usize> {
+    let mut committed = 0;
+    for d in dates {
+        let name = format!("feature_date={d}");
+        let src = staging.join(&name);
+        let dst = out.join(&name);
+        if dst.exists() {
+            continue;
+        }
+        if !src.exists() {
+            std::fs::create_dir_all(&src).map_err(|e| io_err(&src, e))?;
+        }
+        std::fs::rename(&src, &dst).map_err(|e| io_err(&dst, e))?;
+        committed += 1;
+    }
+    Ok(committed)
+}
+
+/// Checks that features' columns exist and have types their functions accept.
+async fn validate_against_data(
+    ctx: &SessionContext,
+    spec: &JobSpec,
+    spec_path: &str,
+) -> Result<()> {
+    let invalid =
+        |field: String, reason: String| Error::Usage(format!("{spec_path}: {field}: {reason}"));
+    for (name, src) in &spec.sources {
+        let mut cols = Vec::new();
+        if let Some(k) = &src.key {
+            cols.push(format!("\"{k}\""));
+        }
+        if let Some(t) = &src.timestamp {
+            cols.push(format!("\"{t}\""));
+        }
+        if !cols.is_empty() {
+            if let Err(e) =
+                ctx.sql(&format!("SELECT {} FROM \"{name}\" LIMIT 0", cols.join(", "))).await
+            {
+                return Err(invalid(
+                    format!("sources.{name}"),
+                    sluice_sql::session::clean_df_message(&e),
+                ));
+            }
+        }
+    }
+    for (i, f) in spec.features.iter().enumerate() {
+        let field = |rest: &str| format!("features[{i}] ({}).{rest}", f.name);
+        for (what, expr) in [("filter", &f.filter), ("available_at", &f.available_at)] {
+            if let Some(expr) = expr {
+                if let Err(e) =
+                    ctx.sql(&format!("SELECT {expr} FROM \"{}\" LIMIT 0", f.source)).await
+                {
+                    return Err(invalid(field(what), sluice_sql::session::clean_df_message(&e)));
+                }
+            }
+        }
+        if let Some(col) = &f.column {
+            match ctx.sql(&format!("SELECT {col} AS v FROM \"{}\" LIMIT 0", f.source)).await {
+                Err(e) => {
+                    return Err(invalid(
+                        field("column"),
+                        sluice_sql::session::clean_df_message(&e),
+                    ));
+                }
+                Ok(df) => {
+                    let dt = df.schema().field(0).data_type().clone();
+                    let ok = match f.function {
+                        Function::Sum | Function::Avg => dt.is_numeric(),
+                        Function::Latest => dt.is_temporal(),
+                        Function::Count | Function::Min | Function::Max => true,
+                    };
+                    if !ok {
+                        return Err(invalid(
+                            field("column"),
+                            format!(
+                                "'{col}' has type {dt}; {} needs a {}",
+                                f.function,
+                                if f.function == Function::Latest {
+                                    "timestamp or date"
+                                } else {
+                                    "number"
+                                }
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for (j, d) in spec.dimensions.iter().enumerate() {
+        let cols: Vec<String> = d.columns.iter().map(|c| format!("\"{c}\"")).collect();
+        if let Err(e) =
+            ctx.sql(&format!("SELECT {} FROM \"{}\" LIMIT 0", cols.join(", "), d.source)).await
+        {
+            return Err(invalid(
+                format!("dimensions[{j}]"),
+                sluice_sql::session::clean_df_message(&e),
+            ));
+        }
+    }
+    // Derived expressions and the whole query: plan one day.
+    let day = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default();
+    let types = partial_types(ctx, spec).await?;
+    if let Err(e) = ctx.sql(&plan::chunk_query(spec, day, day, &types)).await {
+        let msg = sluice_sql::session::clean_df_message(&e);
+        let culprit = spec.derived.iter().position(|d| {
+            msg.contains(&d.name) || d.expr.split_whitespace().any(|w| msg.contains(w))
+        });
+        let field = match culprit {
+            Some(k) => format!("derived[{k}] ({})", spec.derived[k].name),
+            None => "the compiled feature query".to_string(),
+        };
+        return Err(invalid(field, msg));
+    }
+    Ok(())
+}
+
+/// The types of every source's partial aggregates, from planning them.
+async fn partial_types(ctx: &SessionContext, spec: &JobSpec) -> Result<plan::ColumnTypes> {
+    let mut types = plan::ColumnTypes::new();
+    for src in spec.event_sources() {
+        let df =
+            ctx.sql(&plan::partial_query(spec, src, 0, 0)).await.map_err(Error::from_datafusion)?;
+        for field in df.schema().fields() {
+            let name = field.name();
+            if name.starts_with('s') || name.starts_with('c') || name.starts_with('m') {
+                types.insert(name.clone(), field.data_type().to_string());
+            }
+        }
+    }
+    Ok(types)
+}
+
+/// Runs a backfill.
+///
+/// # Errors
+/// Bad spec or flags ([`Error::Usage`] naming file and field), an
+/// unreachable cluster, a failing query, or a failed quality expectation
+/// (the report is in the error message; nothing of that chunk is committed).
+pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
+    let started = Instant::now();
+    if opts.from > opts.to {
+        return Err(Error::Usage(format!(
+            "--from {} is after --to {}; expected --from <= --to",
+            opts.from, opts.to
+        )));
+    }
+    if opts.chunk_days == 0 {
+        return Err(Error::Usage("--chunk-days must be at least 1".into()));
+    }
+    let spec_label = opts.spec.display().to_string();
+    let spec = JobSpec::from_file(&opts.spec).map_err(spec_error)?;
+    let spec_dir = opts.spec.parent().map(Path::to_path_buf).unwrap_or_default();
+    let spec_dir = if spec_dir.as_os_str().is_empty() { PathBuf::from(".") } else { spec_dir };
+    let data_dir = opts.data_dir.clone().unwrap_or_else(|| spec_dir.clone());
+    let out = opts.output.clone().unwrap_or_else(|| spec_dir.join(&spec.output.path));
+    let out = std::path::absolute(&out).map_err(|e| io_err(&out, e))?;
+
+    let mut tables = Vec::new();
+    for (name, src) in &spec.sources {
+        let path = spec.source_path(src, &data_dir);
+        let format = match src.format.as_str() {
+            "parquet" => TableFormat::Parquet,
+            "csv" => TableFormat::Csv,
+            "json" => TableFormat::Json,
+            other => {
+                return Err(Error::Usage(format!(
+                    "{spec_label}: sources.{name}.format: unknown format '{other}'; expected parquet, csv or json"
+                )));
+            }
+        };
+        let source = TableSource::new(name, &path.to_string_lossy(), Some(format)).map_err(|e| match e {
+            sluice_sql::Error::TablePathNotFound { path, .. } => Error::Usage(format!(
+                "{spec_label}: sources.{name}.path: '{path}' does not exist (paths are relative to --data-dir, here {}); generate data with `sluice gen churn --out DIR` and pass --data-dir DIR",
+                data_dir.display()
+            )),
+            other => Error::from(other),
+        })?;
+        tables.push(source);
+    }
+    let conn = connect(&opts.target, &opts.settings, &tables).await?;
+    validate_against_data(&conn.ctx, &spec, &spec_label).await?;
+    let types = partial_types(&conn.ctx, &spec).await?;
+
+    std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
+    let _lock = OutputLock::acquire(sibling(&out, "sluice-lock"))?;
+    let staging_root = sibling(&out, "sluice-staging");
+    if staging_root.exists() {
+        // Left by a killed run: nothing in it was committed.
+        std::fs::remove_dir_all(&staging_root).map_err(|e| io_err(&staging_root, e))?;
+    }
+    std::fs::create_dir_all(&staging_root).map_err(|e| io_err(&staging_root, e))?;
+
+    let all: Vec<NaiveDate> = opts.from.iter_days().take_while(|d| *d <= opts.to).collect();
+    let done = committed_dates(&out);
+    let missing: Vec<NaiveDate> = all.iter().copied().filter(|d| !done.contains(d)).collect();
+    let plan_chunks = chunks(&missing, opts.chunk_days);
+
+    let bar = if opts.progress && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(missing.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} dates  {msg}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let rows_done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let ctx = conn.ctx.clone();
+    let results = futures::stream::iter(plan_chunks.iter().copied())
+        .map(|(first, last)| {
+            let ctx = ctx.clone();
+            let spec = &spec;
+            let out = &out;
+            let staging_root = &staging_root;
+            let types = &types;
+            let bar = bar.clone();
+            let rows_done = rows_done.clone();
+            let failed = failed.clone();
+            async move {
+                if failed.load(Ordering::SeqCst) {
+                    return Ok::<_, Error>((vec![], 0usize, 0u64, false));
+                }
+                let label = format!("{first}_{last}");
+                let staging = staging_root.join(&label);
+                let copy = plan::copy_statement(
+                    spec,
+                    first,
+                    last,
+                    types,
+                    &format!("{}/", staging.display()),
+                );
+                run_sql(&ctx, &copy).await?;
+                let dates: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
+                let (results, per_date) = check_chunk(&ctx, spec, &staging, &label, &dates).await?;
+                if results.iter().any(|r| !r.passed) {
+                    failed.store(true, Ordering::SeqCst);
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Ok((results, 0, 0, true));
+                }
+                let committed = commit(&staging, out, &dates)?;
+                let _ = std::fs::remove_dir_all(&staging);
+                let rows: u64 = per_date.iter().map(|(_, n)| n).sum();
+                let total = rows_done.fetch_add(rows, Ordering::SeqCst) + rows;
+                if let Some(bar) = &bar {
+                    bar.inc(dates.len() as u64);
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_message(format!("{total} rows, {:.0} rows/s", total as f64 / secs));
+                }
+                Ok((results, committed, rows, false))
+            }
+        })
+        .buffer_unordered(opts.parallel.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let _ = std::fs::remove_dir_all(&staging_root);
+
+    let mut report = BackfillReport {
+        spec: spec_label,
+        output: out.display().to_string(),
+        from: opts.from.to_string(),
+        to: opts.to.to_string(),
+        dates_total: all.len(),
+        dates_already_committed: all.len() - missing.len(),
+        dates_committed: 0,
+        chunks: plan_chunks.len(),
+        rows: 0,
+        seconds: 0.0,
+        quality: vec![],
+        ok: true,
+    };
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok((q, committed, rows, failed_quality)) => {
+                report.dates_committed += committed;
+                report.rows += rows;
+                report.ok &= !failed_quality;
+                report.quality.extend(q);
+            }
+            Err(e) => {
+                report.ok = false;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    report.quality.sort_by(|a, b| a.chunk.cmp(&b.chunk));
+    report.seconds = started.elapsed().as_secs_f64();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(report)
+}
+
+/// The human-readable quality report.
+pub fn quality_report(report: &BackfillReport) -> String {
+    use std::collections::BTreeMap;
+    let mut by_expectation: BTreeMap<(String, String), (usize, usize, u64, Vec<String>)> =
+        BTreeMap::new();
+    for r in &report.quality {
+        let e = by_expectation.entry((r.expectation.clone(), r.column.clone())).or_default();
+        e.0 += 1;
+        if !r.passed {
+            e.1 += 1;
+            e.2 += r.failing;
+            for s in &r.samples {
+                if e.3.len() < 5 {
+                    e.3.push(format!("[{}] {s}", r.chunk));
+                }
+            }
+        }
+    }
+    let mut out = String::from("quality:\n");
+    for ((kind, column), (chunks, failed, failing, samples)) in by_expectation {
+        if failed == 0 {
+            out.push_str(&format!("  PASS {kind:<18} {column:<28} ({chunks} chunk(s))\n"));
+        } else {
+            out.push_str(&format!("  FAIL {kind:<18} {column:<28} {failing} failing in {failed} of {chunks} chunk(s)\n"));
+            for s in samples {
+                out.push_str(&format!("         e.g. {s}\n"));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,465 @@
+//! Churn backfills on a real process cluster: point-in-time correctness
+//! against the naive per-date SQL, same output standalone, idempotent
+//! reruns, kill -9 and resume, quality gates, and spec errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use sluice_client::backfill::{BackfillOptions, committed_dates};
+use sluice_client::datagen::churn::{ChurnConfig, TABLES};
+use sluice_client::{Target, run_sql};
+use sluice_tests::{TestCluster, bin, workspace_root};
+
+fn date(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("date")
+}
+
+fn spec_path() -> PathBuf {
+    workspace_root().join("sql/jobs/churn.yaml")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    sluice_proto::runtime().expect("runtime")
+}
+
+/// 300 users, 100 days from 2024-01-01: users sign up before and during the
+/// range, some never act, tickets resolve days after creation.
+fn generate(dir: &Path) {
+    let cfg = ChurnConfig {
+        users: 300,
+        start: date("2024-01-01"),
+        days: 100,
+        seed: 11,
+        ticket_rate: 0.03,
+        ..ChurnConfig::default()
+    };
+    sluice_client::datagen::churn::generate(&cfg, dir).expect("generate");
+}
+
+fn options(data: &Path, out: &Path, target: Target, from: &str, to: &str) -> BackfillOptions {
+    BackfillOptions {
+        spec: spec_path(),
+        from: date(from),
+        to: date(to),
+        target,
+        data_dir: Some(data.to_path_buf()),
+        output: Some(out.to_path_buf()),
+        chunk_days: 16,
+        parallel: 2,
+        settings: vec![],
+        progress: false,
+    }
+}
+
+const COLS: &str = "user_id, total_spend_30d, txn_count_7d, avg_txn_value_30d, days_since_last_login, \
+                    page_views_30d, feature_use_count_30d, ticket_count_90d, avg_resolution_hours_90d, \
+                    segment, tenure_days";
+
+async fn local_ctx(data: &Path) -> SessionContext {
+    let ctx = SessionContext::new_with_config(sluice_sql::session::local_session_config());
+    for t in TABLES {
+        ctx.register_parquet(
+            t,
+            &format!("{}/", data.join(t).display()),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .expect("register");
+    }
+    ctx
+}
+
+async fn register_output(ctx: &SessionContext, name: &str, out: &Path) {
+    let opts = ParquetReadOptions::default().table_partition_cols(vec![(
+        "feature_date".to_string(),
+        datafusion::arrow::datatypes::DataType::Utf8,
+    )]);
+    ctx.register_parquet(name, &format!("{}/", out.display()), opts)
+        .await
+        .expect("register output");
+}
+
+async fn output_rows(ctx: &SessionContext, table: &str, day: NaiveDate) -> Vec<RecordBatch> {
+    run_sql(
+        ctx,
+        &format!("SELECT {COLS} FROM {table} WHERE feature_date = '{day}' ORDER BY user_id"),
+    )
+    .await
+    .expect("read output")
+}
+
+/// Every file under `dir` with its size.
+fn files(dir: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.insert(p.strip_prefix(dir).expect("prefix").display().to_string() + "/", 0);
+                stack.push(p);
+            } else {
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                out.insert(p.strip_prefix(dir).expect("prefix").display().to_string(), len);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn backfill_is_point_in_time_correct_idempotent_and_equal_standalone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    generate(&data);
+    let cluster = TestCluster::start(2, 2).expect("cluster");
+    let target = Target::Scheduler(cluster.scheduler_addr().parse().expect("addr"));
+    let rt = runtime();
+    let out = tmp.path().join("out");
+    // From the first day of data: windows cross the start of data.
+    let report = rt
+        .block_on(sluice_client::backfill::run(&options(
+            &data,
+            &out,
+            target.clone(),
+            "2024-01-01",
+            "2024-04-09",
+        )))
+        .unwrap_or_else(|e| panic!("backfill: {e}\n{}", cluster.logs()));
+    assert!(report.ok);
+    assert_eq!(report.dates_total, 100);
+    assert_eq!(report.dates_committed, 100);
+    assert_eq!(committed_dates(&out).len(), 100);
+    assert!(report.quality.iter().all(|q| q.passed));
+    assert!(report.rows > 0);
+
+    rt.block_on(async {
+        let local = local_ctx(&data).await;
+        // The data has the edge cases the checks are about.
+        let edge = run_sql(
+            &local,
+            "SELECT (SELECT count(*) FROM users WHERE signup_date > DATE '2024-01-01') AS mid_range_signups, \
+                    (SELECT count(*) FROM users WHERE user_id NOT IN (SELECT user_id FROM transactions)) AS no_txn_users, \
+                    (SELECT count(*) FROM tickets WHERE CAST(resolved_ts AS DATE) > CAST(created_ts AS DATE)) AS resolved_later",
+        )
+        .await
+        .expect("edge cases");
+        let text = sluice_client::verify::normalize(&edge).expect("normalize").join("");
+        assert!(!text.split('|').any(|n| n == "0"), "data lacks an edge case: {text}");
+
+        let conn = sluice_client::connect(&target, &[], &[]).await.expect("connect");
+        register_output(&conn.ctx, "features", &out).await;
+        for day in ["2024-01-01", "2024-01-02", "2024-01-31", "2024-02-29", "2024-03-31", "2024-04-09"] {
+            let day = date(day);
+            let naive = sluice_sql::job::churn_reference_sql(day);
+            let expected = run_sql(&local, &format!("SELECT {COLS} FROM ({naive}) ORDER BY user_id")).await.expect("naive");
+            let actual = output_rows(&conn.ctx, "features", day).await;
+            let n: usize = expected.iter().map(|b| b.num_rows()).sum();
+            assert!(n > 0, "{day}: no entities");
+            sluice_client::verify::compare(&expected, &actual, true)
+                .unwrap_or_else(|e| panic!("{day}: backfill differs from the naive reference: {e}"));
+        }
+    });
+
+    // A rerun commits nothing and changes no file.
+    let before = files(&out);
+    let again = rt
+        .block_on(sluice_client::backfill::run(&options(
+            &data,
+            &out,
+            target.clone(),
+            "2024-01-01",
+            "2024-04-09",
+        )))
+        .expect("rerun");
+    assert_eq!(again.dates_committed, 0);
+    assert_eq!(again.dates_already_committed, 100);
+    assert_eq!(files(&out), before, "a rerun changed the output");
+
+    // Standalone (embedded cluster) gives the same rows.
+    let out2 = tmp.path().join("out-standalone");
+    let report = rt
+        .block_on(sluice_client::backfill::run(&options(
+            &data,
+            &out2,
+            Target::Standalone,
+            "2024-03-20",
+            "2024-04-09",
+        )))
+        .expect("standalone");
+    assert_eq!(report.dates_committed, 21);
+    rt.block_on(async {
+        let ctx = SessionContext::new_with_config(sluice_sql::session::local_session_config());
+        register_output(&ctx, "a", &out).await;
+        register_output(&ctx, "b", &out2).await;
+        let q = |t: &str| format!("SELECT feature_date, {COLS} FROM {t} WHERE feature_date >= '2024-03-20' ORDER BY feature_date, user_id");
+        let a = run_sql(&ctx, &q("a")).await.expect("a");
+        let b = run_sql(&ctx, &q("b")).await.expect("b");
+        sluice_client::verify::compare(&a, &b, true).expect("standalone output equals cluster output");
+    });
+}
+
+#[test]
+fn killed_backfill_resumes_without_duplicates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    generate(&data);
+    let cluster = TestCluster::start(2, 2).expect("cluster");
+    let out = tmp.path().join("out");
+    let args = |out: &Path| -> Vec<String> {
+        vec![
+            "backfill".into(),
+            spec_path().display().to_string(),
+            "--from".into(),
+            "2024-01-20".into(),
+            "--to".into(),
+            "2024-04-09".into(),
+            "--scheduler".into(),
+            cluster.scheduler_addr().to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--output".into(),
+            out.display().to_string(),
+            "--chunk-days".into(),
+            "4".into(),
+            "--parallel".into(),
+            "1".into(),
+        ]
+    };
+    let mut child = Command::new(bin("sluice"))
+        .args(args(&out))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Kill it once some, but not all, dates are committed.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = committed_dates(&out).len();
+        if n >= 4 {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "backfill ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "no date committed within 120 s\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let partial = committed_dates(&out).len();
+    assert!(partial < 81, "the backfill finished before the kill ({partial} dates)");
+    // Every committed date is complete: its rows equal a clean run's.
+    let out = out.as_path();
+    let status = Command::new(bin("sluice")).args(args(out)).output().expect("rerun");
+    assert!(status.status.success(), "rerun failed: {}", String::from_utf8_lossy(&status.stderr));
+    assert_eq!(committed_dates(out).len(), 81);
+
+    let clean = tmp.path().join("clean");
+    let status = Command::new(bin("sluice")).args(args(&clean)).output().expect("clean run");
+    assert!(
+        status.status.success(),
+        "clean run failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    runtime().block_on(async {
+        let ctx = SessionContext::new_with_config(sluice_sql::session::local_session_config());
+        register_output(&ctx, "resumed", out).await;
+        register_output(&ctx, "clean", &clean).await;
+        let q = |t: &str| {
+            format!("SELECT feature_date, {COLS} FROM {t} ORDER BY feature_date, user_id")
+        };
+        let a = run_sql(&ctx, &q("clean")).await.expect("clean");
+        let b = run_sql(&ctx, &q("resumed")).await.expect("resumed");
+        sluice_client::verify::compare(&a, &b, true)
+            .expect("resumed output equals an undisturbed run (no duplicates, no gaps)");
+    });
+    // Nothing is left beside the output.
+    let parent = out.parent().expect("parent");
+    let leftovers: Vec<String> = std::fs::read_dir(parent)
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".out."))
+        .collect();
+    assert!(leftovers.is_empty(), "staging or lock left behind: {leftovers:?}");
+}
+
+fn sluice(args: &[&str]) -> std::process::Output {
+    Command::new(bin("sluice"))
+        .args(args)
+        .env_remove("SLUICE_SCHEDULER")
+        .output()
+        .expect("run sluice")
+}
+
+#[test]
+fn failing_expectation_commits_nothing_and_names_the_problem() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    generate(&data);
+    let spec = tmp.path().join("strict.yaml");
+    let text = std::fs::read_to_string(spec_path()).expect("spec").replace(
+        "{ type: between, column: total_spend_30d, min: 0 }",
+        "{ type: between, column: total_spend_30d, min: 0, max: 5 }",
+    );
+    std::fs::write(&spec, text).expect("write");
+    let out = tmp.path().join("out");
+    let o = sluice(&[
+        "backfill",
+        &spec.display().to_string(),
+        "--from",
+        "2024-03-01",
+        "--to",
+        "2024-03-10",
+        "--data-dir",
+        &data.display().to_string(),
+        "--output",
+        &out.display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a failing expectation must fail the job: {stderr}");
+    assert!(
+        stderr.contains("FAIL between")
+            && stderr.contains("total_spend_30d")
+            && stderr.contains("e.g."),
+        "{stderr}"
+    );
+    assert!(committed_dates(&out).is_empty(), "a failing chunk was committed");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_backfill_input_is_a_clear_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let cfg = ChurnConfig { users: 20, days: 10, ..ChurnConfig::default() };
+    sluice_client::datagen::churn::generate(&cfg, &data).expect("generate");
+    let good = std::fs::read_to_string(spec_path()).expect("spec");
+    let write = |name: &str, text: &str| -> String {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let data_s = data.display().to_string();
+    let run = |spec: &str, from: &str, to: &str, data_dir: &str| {
+        sluice(&[
+            "backfill",
+            spec,
+            "--from",
+            from,
+            "--to",
+            to,
+            "--data-dir",
+            data_dir,
+            "--output",
+            &tmp.path().join("o").display().to_string(),
+        ])
+    };
+    let cases: Vec<(String, &str, &str, String, Vec<&str>)> = vec![
+        (
+            write("malformed.yaml", "name: x\nsources: [\n"),
+            "2024-01-05",
+            "2024-01-06",
+            data_s.clone(),
+            vec!["malformed.yaml", "line"],
+        ),
+        (
+            write("fn.yaml", &good.replace("function: sum", "function: median")),
+            "2024-01-05",
+            "2024-01-06",
+            data_s.clone(),
+            vec!["fn.yaml", "median", "line"],
+        ),
+        (
+            write(
+                "col.yaml",
+                &good.replace(
+                    "column: amount\n    window: 30\n    default: 0",
+                    "column: amount_usd\n    window: 30\n    default: 0",
+                ),
+            ),
+            "2024-01-05",
+            "2024-01-06",
+            data_s.clone(),
+            vec!["col.yaml", "features[0] (total_spend_30d).column", "amount_usd"],
+        ),
+        (
+            write(
+                "type.yaml",
+                &good.replace(
+                    "column: amount\n    window: 30\n  - name: last",
+                    "column: segment\n    window: 30\n  - name: last",
+                ),
+            ),
+            "2024-01-05",
+            "2024-01-06",
+            data_s.clone(),
+            vec!["type.yaml", "avg_txn_value_30d", "needs a number"],
+        ),
+        (
+            spec_path().display().to_string(),
+            "2024-02-01",
+            "2024-01-01",
+            data_s.clone(),
+            vec!["--from 2024-02-01 is after --to 2024-01-01"],
+        ),
+        (
+            spec_path().display().to_string(),
+            "2024-13-01",
+            "2024-12-31",
+            data_s.clone(),
+            vec!["--from '2024-13-01' is not a date", "YYYY-MM-DD"],
+        ),
+        (
+            spec_path().display().to_string(),
+            "2024-01-05",
+            "2024-01-06",
+            "/no/such/data".into(),
+            vec!["sources.", "/no/such/data", "does not exist"],
+        ),
+    ];
+    for (spec, from, to, data_dir, expected) in cases {
+        let o = run(&spec, from, to, &data_dir);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{spec}: succeeded");
+        assert!(stderr.starts_with("error: "), "{spec}: {stderr}");
+        for word in expected {
+            assert!(stderr.contains(word), "{spec}: stderr lacks {word:?}: {stderr}");
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(committed_dates(&tmp.path().join("o")).is_empty());
+    }
+}
+
+#[test]
+fn churn_generator_is_deterministic_and_skewable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = ChurnConfig { users: 500, days: 20, seed: 3, zipf: 1.2, ..ChurnConfig::default() };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    sluice_client::datagen::churn::generate(&cfg, &a).expect("a");
+    sluice_client::datagen::churn::generate(&cfg, &b).expect("b");
+    runtime().block_on(async {
+        let ca = local_ctx(&a).await;
+        let cb = local_ctx(&b).await;
+        for t in TABLES {
+            let q = format!("SELECT * FROM {t} ORDER BY 1, 2, 3");
+            let ra = run_sql(&ca, &q).await.expect("a");
+            let rb = run_sql(&cb, &q).await.expect("b");
+            sluice_client::verify::compare(&ra, &rb, true).unwrap_or_else(|e| panic!("{t} differs between runs: {e}"));
+        }
+        // Zipf 1.2: the hottest user owns at least 20% of events; nobody acts before signing up.
+        let share = run_sql(&ca, "SELECT CAST(max(n) AS DOUBLE) / sum(n) AS share FROM (SELECT user_id, count(*) AS n FROM events GROUP BY 1)").await.expect("share");
+        let text = sluice_client::verify::normalize(&share).expect("n").join("");
+        let share: f64 = text.parse().expect("float");
+        assert!(share >= 0.2, "hottest user share {share}");
+        let early = run_sql(&ca, "SELECT count(*) FROM events e JOIN users u USING (user_id) WHERE CAST(e.ts AS DATE) < u.signup_date").await.expect("early");
+        assert_eq!(sluice_client::verify::normalize(&early).expect("n"), vec!["0".to_string()]);
+    });
+}

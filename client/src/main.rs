@@ -327,7 +327,10 @@ fn main() -> ExitCode {
     // Library logs are for operators: the CLI reports failures itself, so the
     // embedded cluster's own error logs would only repeat them. RUST_LOG=info
     // shows everything.
-    logging::init(cli.log_format, "warn,ballista_scheduler=off,ballista_core=off,ballista_executor=off");
+    logging::init(
+        cli.log_format,
+        "warn,ballista_scheduler=off,ballista_core=off,ballista_executor=off",
+    );
     std::panic::set_hook(Box::new(|info| {
         eprintln!(
             "internal error: {info}\nThis is a bug in Sluice; please report it with the command you ran."

@@ -395,7 +395,7 @@ fn bad_backfill_input_is_a_clear_error() {
                 "type.yaml",
                 &good.replace(
                     "column: amount\n    window: 30\n  - name: last",
-                    "column: segment\n    window: 30\n  - name: last",
+                    "column: ts\n    window: 30\n  - name: last",
                 ),
             ),
             "2024-01-05",

@@ -421,8 +421,9 @@ mod tests {
         for src in ["transactions", "events", "tickets"] {
             assert_eq!(sql.matches(&format!("FROM \"{src}\"")).count(), 1, "{src}: {sql}");
         }
-        // transactions: 30-day window → from 2024-01-31; tickets: 90 days → 2023-12-03.
-        assert!(sql.contains("\"ts\" >= TIMESTAMP '2024-01-31 00:00:00'"), "{sql}");
+        // transactions: 30-day window → from 2024-02-01 (2024 is a leap year);
+        // tickets: 90 days → 2023-12-03.
+        assert!(sql.contains("\"ts\" >= TIMESTAMP '2024-02-01 00:00:00'"), "{sql}");
         assert!(sql.contains("\"created_ts\" >= TIMESTAMP '2023-12-03 00:00:00'"), "{sql}");
         // events has an unbounded feature: no lower bound.
         let events = sql.split("p_events AS").nth(1).expect("events cte");

@@ -28,7 +28,7 @@ fn unknown_function_names_the_field_and_line() {
     let text = CHURN.replace("function: sum", "function: median");
     let msg = err(&text);
     assert!(msg.contains("bad.yaml") && msg.contains("median") && msg.contains("line"), "{msg}");
-    assert!(msg.contains("sum, count"), "lists the choices: {msg}");
+    assert!(msg.contains("`sum`, `count`"), "lists the choices: {msg}");
 }
 
 #[test]

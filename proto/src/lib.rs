@@ -30,5 +30,19 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Runs a binary's async `main` on [`runtime`]; exit code 1 when the
+/// runtime cannot start.
+pub fn block_on_main<F: std::future::Future<Output = std::process::ExitCode>>(
+    main: F,
+) -> std::process::ExitCode {
+    match runtime() {
+        Ok(rt) => rt.block_on(main),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 /// Sluice's version, reported by every binary's `--version`.
 pub const SLUICE_VERSION: &str = env!("CARGO_PKG_VERSION");

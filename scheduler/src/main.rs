@@ -66,13 +66,7 @@ fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::E
 }
 
 fn main() -> ExitCode {
-    match sluice_proto::runtime() {
-        Ok(rt) => rt.block_on(run()),
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::from(1)
-        }
-    }
+    sluice_proto::block_on_main(run())
 }
 
 async fn run() -> ExitCode {

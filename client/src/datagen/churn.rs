@@ -375,14 +375,8 @@ fn activity_table(
     out.finish()
 }
 
-/// What `generate` wrote.
-#[derive(Debug, Clone)]
-pub struct Generated {
-    pub table: &'static str,
-    pub path: PathBuf,
-    pub rows: u64,
-    pub files: usize,
-}
+pub use super::Generated;
+use super::{io_error, move_into_place, staging_dir};
 
 pub const TABLES: [&str; 4] = ["users", "transactions", "events", "tickets"];
 
@@ -421,13 +415,8 @@ pub fn generate(cfg: &ChurnConfig, out: &Path) -> Result<Vec<Generated>> {
             )));
         }
     }
-    let io = |path: &Path, e: &dyn std::fmt::Display| Error::Io {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    std::fs::create_dir_all(out).map_err(|e| io(out, &e))?;
-    let staging =
-        tempfile::Builder::new().prefix(".sluice-gen-").tempdir_in(out).map_err(|e| io(out, &e))?;
+    let io = io_error;
+    let staging = staging_dir(out)?;
     for t in TABLES {
         let d = staging.path().join(t);
         std::fs::create_dir_all(&d).map_err(|e| io(&d, &e))?;
@@ -452,11 +441,6 @@ pub fn generate(cfg: &ChurnConfig, out: &Path) -> Result<Vec<Generated>> {
         let (rows, files) = r.map_err(|e| io(&dir(table), &e))?;
         generated.push(Generated { table, path: out.join(table), rows, files });
     }
-    for g in &generated {
-        if g.path.exists() {
-            std::fs::remove_dir_all(&g.path).map_err(|e| io(&g.path, &e))?;
-        }
-        std::fs::rename(dir(g.table), &g.path).map_err(|e| io(&g.path, &e))?;
-    }
+    move_into_place(staging.path(), &generated)?;
     Ok(generated)
 }

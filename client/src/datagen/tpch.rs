@@ -5,7 +5,7 @@
 //! of about two million rows, generated on all cores.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -141,14 +141,8 @@ fn write_part(table: &str, sf: f64, part: i32, parts: i32, dir: &Path) -> anyhow
     Ok(rows)
 }
 
-/// What `generate` wrote.
-#[derive(Debug, Clone)]
-pub struct Generated {
-    pub table: &'static str,
-    pub path: PathBuf,
-    pub rows: u64,
-    pub files: usize,
-}
+pub use super::Generated;
+use super::{io_error, move_into_place, staging_dir};
 
 /// Writes the TPC-H tables at `scale_factor` under `out`, replacing tables
 /// already there.
@@ -162,13 +156,8 @@ pub fn generate(scale_factor: f64, out: &Path) -> Result<Vec<Generated>> {
             "--scale-factor {scale_factor} is out of range; expected a number in (0, 1000], e.g. 0.1 or 1"
         )));
     }
-    let io = |path: &Path, e: &dyn std::fmt::Display| Error::Io {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    std::fs::create_dir_all(out).map_err(|e| io(out, &e))?;
-    let staging =
-        tempfile::Builder::new().prefix(".sluice-gen-").tempdir_in(out).map_err(|e| io(out, &e))?;
+    let io = io_error;
+    let staging = staging_dir(out)?;
 
     let mut jobs = Vec::new();
     for table in sluice_sql::tpch::TABLES {
@@ -215,13 +204,7 @@ pub fn generate(scale_factor: f64, out: &Path) -> Result<Vec<Generated>> {
             }
         }
     }
-    // Move each finished table into place.
-    for g in &generated {
-        if g.path.exists() {
-            std::fs::remove_dir_all(&g.path).map_err(|e| io(&g.path, &e))?;
-        }
-        std::fs::rename(staging.path().join(g.table), &g.path).map_err(|e| io(&g.path, &e))?;
-    }
+    move_into_place(staging.path(), &generated)?;
     generated.sort_by_key(|g| sluice_sql::tpch::TABLES.iter().position(|t| *t == g.table));
     Ok(generated)
 }

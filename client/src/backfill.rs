@@ -473,14 +473,18 @@ async fn partial_types(ctx: &SessionContext, spec: &JobSpec) -> Result<plan::Col
     Ok(types)
 }
 
-/// Runs a backfill.
-///
-/// # Errors
-/// Bad spec or flags ([`Error::Usage`] naming file and field), an
-/// unreachable cluster, a failing query, or a failed quality expectation
-/// (the report is in the error message; nothing of that chunk is committed).
-pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
-    let started = Instant::now();
+/// A validated spec connected to its engine.
+struct Prepared {
+    spec: JobSpec,
+    spec_label: String,
+    out: PathBuf,
+    conn: crate::connect::Connection,
+    types: plan::ColumnTypes,
+}
+
+/// Parses and validates the spec, registers its sources and checks them
+/// against the data (columns, types) before anything is written.
+async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
     if opts.from > opts.to {
         return Err(Error::Usage(format!(
             "--from {} is after --to {}; expected --from <= --to",
@@ -523,7 +527,46 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
     let conn = connect(&opts.target, &opts.settings, &tables).await?;
     validate_against_data(&conn.ctx, &spec, &spec_label).await?;
     let types = partial_types(&conn.ctx, &spec).await?;
+    Ok(Prepared { spec, spec_label, out, conn, types })
+}
 
+/// `EXPLAIN` (or `EXPLAIN ANALYZE`, which runs it) of the query of the
+/// range's first chunk: the SQL, then the plan. Writes nothing.
+///
+/// # Errors
+/// As [`run`], for the spec, the data and the engine.
+pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
+    let Prepared { spec, conn, types, .. } = prepare(opts).await?;
+    let all: Vec<NaiveDate> = opts.from.iter_days().take_while(|d| *d <= opts.to).collect();
+    let Some(&(first, last)) = chunks(&all, opts.chunk_days).first() else {
+        return Ok(String::new());
+    };
+    let sql = plan::chunk_query(&spec, first, last, &types);
+    let verb = if analyze { "EXPLAIN ANALYZE" } else { "EXPLAIN" };
+    let batches = run_sql(&conn.ctx, &format!("{verb} {sql}")).await?;
+    let mut text = format!("-- chunk {first}..{last}\n{sql}\n\n");
+    for b in &batches {
+        let (Some(kind), Some(plan)) =
+            (b.column(0).as_string_opt::<i32>(), b.column(1).as_string_opt::<i32>())
+        else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            text.push_str(&format!("{}:\n{}\n\n", kind.value(i), plan.value(i)));
+        }
+    }
+    Ok(text)
+}
+
+/// Runs a backfill.
+///
+/// # Errors
+/// Bad spec or flags ([`Error::Usage`] naming file and field), an
+/// unreachable cluster, a failing query, or a failed quality expectation
+/// (the report is in the error message; nothing of that chunk is committed).
+pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
+    let started = Instant::now();
+    let Prepared { spec, spec_label, out, conn, types } = prepare(opts).await?;
     std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
     let _lock = OutputLock::acquire(sibling(&out, "sluice-lock"))?;
     let staging_root = sibling(&out, "sluice-staging");

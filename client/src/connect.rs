@@ -19,12 +19,16 @@ pub enum Target {
     Scheduler(HostPort),
     /// An embedded cluster started in this process for the query.
     Standalone,
+    /// Plain single-process DataFusion, no cluster: the reference engine,
+    /// for comparisons and for profiling plans (`EXPLAIN ANALYZE`).
+    Local,
 }
 
 /// A session on a cluster; holds the embedded cluster alive when there is one.
 pub struct Connection {
     pub ctx: SessionContext,
-    pub scheduler: HostPort,
+    /// The scheduler (none for [`Target::Local`]).
+    pub scheduler: Option<HostPort>,
     _embedded: Option<EmbeddedCluster>,
 }
 
@@ -65,6 +69,17 @@ pub async fn connect(
     settings: &[(String, String)],
     tables: &[TableSource],
 ) -> Result<Connection> {
+    if let Target::Local = target {
+        let mut config = session::local_session_config();
+        session::apply_settings(&mut config, settings)?;
+        let runtime = session::runtime_env(&config, None).map_err(Error::from_datafusion)?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        session::register_functions(&ctx);
+        for t in tables {
+            t.register(&ctx).await?;
+        }
+        return Ok(Connection { ctx, scheduler: None, _embedded: None });
+    }
     // Validate everything local before touching the network.
     let mut config = session::cluster_session_config();
     session::apply_settings(&mut config, settings)?;
@@ -73,7 +88,7 @@ pub async fn connect(
             check_reachable(addr).await?;
             (addr.clone(), None)
         }
-        Target::Standalone => {
+        Target::Standalone | Target::Local => {
             let cluster = EmbeddedCluster::start(EMBEDDED_EXECUTORS, embedded_vcores()).await?;
             (cluster.scheduler().clone(), Some(cluster))
         }
@@ -83,10 +98,12 @@ pub async fn connect(
         SessionContext::remote_with_state(&scheduler.http_url().replace("http://", "df://"), state)
             .await
             .map_err(Error::from_datafusion)?;
+    // Ballista rebuilds the state for remote execution, keeping only built-in functions.
+    session::register_functions(&ctx);
     for t in tables {
         t.register(&ctx).await?;
     }
-    Ok(Connection { ctx, scheduler, _embedded: embedded })
+    Ok(Connection { ctx, scheduler: Some(scheduler), _embedded: embedded })
 }
 
 /// Runs one SQL statement and collects its result.

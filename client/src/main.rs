@@ -84,6 +84,15 @@ enum Command {
         /// Start an embedded cluster in this process (the default without --scheduler).
         #[arg(long)]
         standalone: bool,
+        /// Run on plain single-process DataFusion (no cluster): the reference engine.
+        #[arg(long, conflicts_with_all = ["scheduler", "standalone"])]
+        local: bool,
+        /// Print the first chunk's SQL and plan instead of running the backfill.
+        #[arg(long)]
+        explain: bool,
+        /// With --explain: run the first chunk's query and print the plan with its metrics.
+        #[arg(long, requires = "explain")]
+        analyze: bool,
         /// Folder the spec's source paths are relative to (default: the spec's folder).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -244,6 +253,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
             to,
             scheduler,
             standalone: _,
+            local,
+            explain,
+            analyze,
             data_dir,
             output,
             chunk_days,
@@ -255,9 +267,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 spec,
                 from: sluice_client::backfill::parse_date("--from", &from)?,
                 to: sluice_client::backfill::parse_date("--to", &to)?,
-                target: match scheduler {
-                    Some(addr) => Target::Scheduler(addr),
-                    None => Target::Standalone,
+                target: match (scheduler, local) {
+                    (Some(addr), _) => Target::Scheduler(addr),
+                    (None, true) => Target::Local,
+                    (None, false) => Target::Standalone,
                 },
                 data_dir,
                 output,
@@ -269,6 +282,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     .collect::<Result<Vec<_>, _>>()?,
                 progress: !json,
             };
+            if explain {
+                print!("{}", sluice_client::backfill::explain(&opts, analyze).await?);
+                return Ok(());
+            }
             let report = sluice_client::backfill::run(&opts).await?;
             if json {
                 println!(

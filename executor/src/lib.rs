@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
@@ -146,6 +147,15 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
         memory_pool_size: config.memory_limit.map(|b| b.as_u64()),
         override_config_producer: Some(Arc::new(sluice_sql::session::cluster_session_config)),
         override_runtime_producer: Some(runtime_producer),
+        // Plans name Sluice's functions (e.g. the backfill's feature tiles).
+        override_function_registry: Some(Arc::new(BallistaFunctionRegistry::from(
+            &sluice_sql::session::scheduler_session_state(
+                sluice_sql::session::cluster_session_config(),
+            )
+            .map_err(|e| Error::InvalidConfig {
+                source: ballista_core::error::BallistaError::DataFusionError(Box::new(e)),
+            })?,
+        ))),
         ..ExecutorProcessConfig::default()
     };
     process_config.validate().map_err(|source| Error::InvalidConfig { source })?;

@@ -17,6 +17,7 @@ pub mod options;
 pub mod session;
 pub mod tables;
 pub mod tpch;
+pub mod udf;
 
 pub use error::{Error, Result};
 pub use options::SluiceOptions;

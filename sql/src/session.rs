@@ -29,6 +29,7 @@ use datafusion::prelude::SessionConfig;
 
 use crate::error::{Error, Result};
 use crate::options::SluiceOptions;
+use crate::udf;
 
 /// Default number of partitions a cluster query is planned with.
 ///
@@ -81,7 +82,9 @@ pub fn scheduler_session_state(config: SessionConfig) -> DfResult<SessionState> 
         .with_runtime_env(runtime)
         .with_optimizer_rules(ballista_default_optimizer_rules())
         .with_scalar_functions(ballista_scalar_functions())
-        .with_aggregate_functions(ballista_aggregate_functions())
+        .with_aggregate_functions(
+            ballista_aggregate_functions().into_iter().chain(udf::aggregate_functions()).collect(),
+        )
         .with_window_functions(ballista_window_functions())
         .build())
 }
@@ -94,7 +97,20 @@ pub fn client_state(config: SessionConfig) -> DfResult<SessionState> {
         .with_default_features()
         .with_config(config)
         .with_runtime_env(runtime)
+        .with_aggregate_functions(
+            datafusion::functions_aggregate::all_default_aggregate_functions()
+                .into_iter()
+                .chain(udf::aggregate_functions())
+                .collect(),
+        )
         .build())
+}
+
+/// Registers Sluice's functions ([`crate::udf`]) on a local context.
+pub fn register_functions(ctx: &datafusion::prelude::SessionContext) {
+    for f in udf::aggregate_functions() {
+        ctx.register_udaf(f.as_ref().clone());
+    }
 }
 
 /// Applies `KEY=VALUE` settings to a session configuration.

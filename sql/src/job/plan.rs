@@ -5,16 +5,19 @@
 //!
 //! ```text
 //! p_<src>   per (entity, event day[, available day]) partial aggregates     one scan per source
-//!   │ × (group, sign)    additive features (sum/count/avg): +v on the first day a row counts,
-//!   │                    −v on the day after its window ends (clamped to the chunk)
-//!   │                    min/max/latest: the partial itself, on its event day
-//! rows      ∪ the entity grid (entity × feature date, from `active_from` on)
-//! daily     GROUP BY (entity, day)
-//! win       running SUM over days (ROWS UNBOUNDED PRECEDING) for additive features;
-//!           MIN/MAX over RANGE BETWEEN W-1 PRECEDING AND CURRENT ROW for the others
-//! base      grid rows only, feature values, dimension columns
+//!   │                    values count from their event day; features with `available_at`
+//!   │ × (group, sign)    become +v on the first day a row counts, −v on the day after its window
+//! rows      ∪ one anchor row per entity (its first feature day, from `active_from`)
+//! tiles     GROUP BY entity: sluice_feature_tiles(...) slides every window over the entity's
+//!           rows and returns one struct per feature day (sql/src/udf/tiles)
+//! flat      unnest: one row per entity and feature day
+//! base      feature values, dimension columns
 //! select    key, feature_date, features, derived expressions, dimensions
 //! ```
+//!
+//! No sort and no dense entity × day grid go through the engine: the work is
+//! one scan and one partial aggregation per source, one hash aggregation by
+//! entity, and the output rows themselves.
 //!
 //! A row with event day `e` and availability day `a` (default `e`) counts
 //! for feature dates `D ∈ [max(e, a), e + W − 1]`; unbounded windows have no
@@ -25,7 +28,8 @@ use std::fmt::Write;
 
 use chrono::NaiveDate;
 
-use crate::job::spec::{Feature, Function, JobSpec, Window};
+use crate::job::spec::{Feature, Function, JobSpec};
+use crate::udf::tiles::{self, ColumnOp, Op};
 
 /// Days since 1970-01-01.
 pub fn day_number(date: NaiveDate) -> i64 {
@@ -152,56 +156,67 @@ pub fn chunk_query(
     let f = day_number(first);
     let t = day_number(last);
     let key = &spec.entity.key;
-    let mut ctes: Vec<String> = Vec::new();
 
-    // Column layout shared by every branch of `rows`.
-    let mut columns: Vec<String> = Vec::new();
-    for (i, feat) in spec.features.iter().enumerate() {
-        if feat.function.is_additive() {
-            columns.push(format!("d{i}_s"));
-            if feat.function != Function::Count {
-                columns.push(format!("d{i}_c"));
+    // Value slots c0..cn of `rows`, each with its operation in the tiles:
+    // (partial column, op). Features with `available_at` become ±deltas
+    // summed over every earlier day.
+    let mut slots: Vec<(String, ColumnOp)> = Vec::new();
+    let mut slot_of: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, x) in spec.features.iter().enumerate() {
+        let window = match (x.window.days(), x.available_at.is_some()) {
+            (_, true) | (None, _) => 0,
+            (Some(w), false) => w,
+        };
+        let mut add = |col: String, op: Op| {
+            slot_of.insert(col.clone(), slots.len());
+            slots.push((col, ColumnOp { op, window }));
+        };
+        match x.function {
+            Function::Count => add(format!("s{i}"), Op::Sum),
+            Function::Sum | Function::Avg => {
+                add(format!("s{i}"), Op::Sum);
+                add(format!("c{i}"), Op::Sum);
             }
-        } else {
-            columns.push(format!("m{i}"));
+            Function::Min => add(format!("m{i}"), Op::Min),
+            Function::Max | Function::Latest => add(format!("m{i}"), Op::Max),
         }
     }
-    // Typed NULLs for the columns a union branch does not fill: d<i>_s has
-    // s<i>'s type, d<i>_c is a count, m<i> has m<i>'s type.
-    let typed_null = |c: &str| -> String {
-        if c.ends_with("_c") {
+    // Typed NULLs for the slots a branch does not fill.
+    let typed_null = |col: &str| -> String {
+        if col.starts_with('c') {
             return "CAST(NULL AS BIGINT)".to_string();
         }
-        let key = match c.strip_prefix('d').and_then(|r| r.strip_suffix("_s")) {
-            Some(i) => format!("s{i}"),
-            None => c.to_string(),
-        };
-        match types.get(&key) {
+        match types.get(col) {
             Some(t) => format!("arrow_cast(NULL, '{t}')"),
             None => "NULL".to_string(),
         }
     };
-    let nulls_except = |own: &BTreeMap<String, String>| -> String {
-        columns
+    let values = |own: &BTreeMap<String, String>| -> String {
+        slots
             .iter()
-            .map(|c| format!("{} AS {c}", own.get(c).cloned().unwrap_or_else(|| typed_null(c))))
+            .enumerate()
+            .map(|(j, (col, _))| {
+                format!("{} AS c{j}", own.get(col).cloned().unwrap_or_else(|| typed_null(col)))
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
 
-    // The entity grid: one row per entity and feature date.
-    let dates: Vec<String> = (f..=t).map(|d| format!("({d})")).collect();
-    let active = match &spec.entity.active_from {
-        Some(col) => format!("WHERE {} <= d.__day", day_of(&format!("e.{}", quote(col)))),
-        None => String::new(),
+    let mut ctes: Vec<String> = Vec::new();
+    // Anchors: one row per entity, carrying its first feature day.
+    let (start, active) = match &spec.entity.active_from {
+        Some(col) => {
+            let day = day_of(&format!("e.{}", quote(col)));
+            (format!("greatest({day}, {f})"), format!(" WHERE {day} <= {t}"))
+        }
+        None => (f.to_string(), String::new()),
     };
     let mut branches = vec![format!(
-        "SELECT e.{k} AS __k, CAST(d.__day AS BIGINT) AS __day, 1 AS __g, {nulls} \
-         FROM {src} AS e CROSS JOIN (VALUES {dates}) AS d(__day) {active}",
+        "SELECT e.{k} AS __k, CAST(NULL AS BIGINT) AS __day, CAST({start} AS BIGINT) AS __start, {vals} \
+         FROM {src} AS e{active}",
         k = quote(key),
-        nulls = nulls_except(&BTreeMap::new()),
+        vals = values(&BTreeMap::new()),
         src = quote(&spec.entity.source),
-        dates = dates.join(", "),
     )];
 
     for src_name in spec.event_sources() {
@@ -210,16 +225,17 @@ pub fn chunk_query(
         let feats: Vec<(usize, &Feature)> =
             spec.features.iter().enumerate().filter(|(_, x)| x.source == src_name).collect();
 
-        // Expansion into delta and frame rows.
+        // Group 0: values counted from their event day. Groups 1..: one per
+        // (window, availability column) of the features with `available_at`:
+        // +v on the first day a row counts, -v on the day after its window.
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of: BTreeMap<usize, usize> = BTreeMap::new();
-        let mut has_frame = false;
         for (i, x) in &feats {
-            if !x.function.is_additive() {
-                has_frame = true;
+            let Some(a) = &x.available_at else {
+                group_of.insert(*i, 0);
                 continue;
-            }
-            let available = x.available_at.as_ref().and_then(|a| avail.iter().position(|v| v == a));
+            };
+            let available = avail.iter().position(|v| v == a);
             let window = x.window.days();
             let g = match groups.iter().position(|g| g.window == window && g.available == available)
             {
@@ -229,138 +245,119 @@ pub fn chunk_query(
                     groups.len() - 1
                 }
             };
-            group_of.insert(*i, g);
+            group_of.insert(*i, g + 1);
         }
-        let frame_group = groups.len();
+        let has_plain = group_of.values().any(|g| *g == 0);
+        let mut own: BTreeMap<String, String> = BTreeMap::new();
+        if groups.is_empty() {
+            for (i, _) in &feats {
+                for col in [format!("s{i}"), format!("c{i}"), format!("m{i}")] {
+                    if slot_of.contains_key(&col) {
+                        own.insert(col.clone(), col);
+                    }
+                }
+            }
+            branches.push(format!(
+                "SELECT __k, __e AS __day, CAST(NULL AS BIGINT) AS __start, {} FROM p_{src_name}",
+                values(&own)
+            ));
+            continue;
+        }
         let mut pairs: Vec<String> = Vec::new();
         let mut conds: Vec<String> = Vec::new();
         let mut day_cases: Vec<String> = Vec::new();
+        if has_plain {
+            pairs.push("(0, 0)".to_string());
+            conds.push("__grp = 0".to_string());
+            day_cases.push("WHEN __grp = 0 THEN __e".to_string());
+        }
         for (g, grp) in groups.iter().enumerate() {
+            let g = g + 1;
             let start = match grp.available {
                 Some(j) => format!("greatest(__e, __a{j})"),
                 None => "__e".to_string(),
             };
             pairs.push(format!("({g}, 1)"));
+            day_cases.push(format!("WHEN __grp = {g} AND __sign = 1 THEN {start}"));
             match grp.window {
                 Some(w) => {
                     let end = format!("(__e + {})", i64::from(w) - 1);
-                    let exists = format!("{start} <= {t} AND {end} >= {f} AND {start} <= {end}");
-                    conds.push(format!("(__grp = {g} AND __sign = 1 AND {exists})"));
-                    conds.push(format!(
-                        "(__grp = {g} AND __sign = -1 AND {exists} AND {end} + 1 <= {t})"
-                    ));
                     pairs.push(format!("({g}, -1)"));
-                    day_cases.push(format!(
-                        "WHEN __grp = {g} AND __sign = 1 THEN greatest({start}, {f})"
-                    ));
                     day_cases.push(format!("WHEN __grp = {g} AND __sign = -1 THEN {end} + 1"));
+                    conds.push(format!("(__grp = {g} AND {start} <= {end} AND {start} <= {t})"));
                 }
-                None => {
-                    conds.push(format!("(__grp = {g} AND __sign = 1 AND {start} <= {t})"));
-                    day_cases.push(format!("WHEN __grp = {g} THEN greatest({start}, {f})"));
-                }
+                None => conds.push(format!("(__grp = {g} AND {start} <= {t})")),
             }
         }
-        if has_frame {
-            pairs.push(format!("({frame_group}, 0)"));
-            conds.push(format!("(__grp = {frame_group} AND __e <= {t})"));
-            day_cases.push(format!("WHEN __grp = {frame_group} THEN __e"));
-        }
-        let mut own: BTreeMap<String, String> = BTreeMap::new();
         for (i, x) in &feats {
-            if x.function.is_additive() {
-                let g = group_of[i];
-                own.insert(
-                    format!("d{i}_s"),
-                    format!("CASE WHEN __grp = {g} THEN __sign * s{i} END"),
-                );
-                if x.function != Function::Count {
-                    own.insert(
-                        format!("d{i}_c"),
-                        format!("CASE WHEN __grp = {g} THEN __sign * c{i} END"),
-                    );
+            let g = group_of[i];
+            let signed = |c: String| {
+                if g == 0 {
+                    format!("CASE WHEN __grp = 0 THEN {c} END")
+                } else {
+                    format!("CASE WHEN __grp = {g} THEN __sign * {c} END")
                 }
-            } else {
-                own.insert(
-                    format!("m{i}"),
-                    format!("CASE WHEN __grp = {frame_group} THEN m{i} END"),
-                );
+            };
+            match x.function {
+                Function::Count => {
+                    own.insert(format!("s{i}"), signed(format!("s{i}")));
+                }
+                Function::Sum | Function::Avg => {
+                    own.insert(format!("s{i}"), signed(format!("s{i}")));
+                    own.insert(format!("c{i}"), signed(format!("c{i}")));
+                }
+                Function::Min | Function::Max | Function::Latest => {
+                    own.insert(format!("m{i}"), format!("CASE WHEN __grp = 0 THEN m{i} END"));
+                }
             }
         }
         branches.push(format!(
-            "SELECT __k, CAST(CASE {} END AS BIGINT) AS __day, 0 AS __g, {} \
+            "SELECT __k, CAST(CASE {} END AS BIGINT) AS __day, CAST(NULL AS BIGINT) AS __start, {} \
              FROM p_{src_name} CROSS JOIN (VALUES {}) AS x(__grp, __sign) WHERE {}",
             day_cases.join(" "),
-            nulls_except(&own),
+            values(&own),
             pairs.join(", "),
             conds.join(" OR ")
         ));
     }
     ctes.push(format!("rows AS ({})", branches.join(" UNION ALL ")));
 
-    // Daily totals.
-    let mut daily = vec!["__k".to_string(), "__day".to_string(), "max(__g) AS __g".to_string()];
-    for (i, x) in spec.features.iter().enumerate() {
-        match x.function {
-            Function::Count => daily.push(format!("sum(d{i}_s) AS d{i}_s")),
-            Function::Sum | Function::Avg => {
-                daily.push(format!("sum(d{i}_s) AS d{i}_s"));
-                daily.push(format!("sum(d{i}_c) AS d{i}_c"));
-            }
-            Function::Min => daily.push(format!("min(m{i}) AS m{i}")),
-            Function::Max | Function::Latest => daily.push(format!("max(m{i}) AS m{i}")),
-        }
-    }
-    ctes.push(format!("daily AS (SELECT {} FROM rows GROUP BY 1, 2)", daily.join(", ")));
+    // Every feature of an entity for every feature day, in one aggregation.
+    let config = tiles::Config { last_day: t, ops: slots.iter().map(|(_, op)| *op).collect() };
+    let args: Vec<String> = (0..slots.len()).map(|j| format!("c{j}")).collect();
+    ctes.push(format!(
+        "tiles AS (SELECT __k, {}('{}', __day, __start{}{}) AS __t FROM rows GROUP BY __k)",
+        tiles::NAME,
+        config.render(),
+        if args.is_empty() { "" } else { ", " },
+        args.join(", ")
+    ));
+    ctes.push("flat AS (SELECT __k, unnest(__t) AS __r FROM tiles)".to_string());
 
-    // Windows.
-    let running =
-        "PARTITION BY __k ORDER BY __day ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW";
-    let mut win = vec!["__k".to_string(), "__day".to_string(), "__g".to_string()];
-    for (i, x) in spec.features.iter().enumerate() {
-        match x.function {
-            Function::Count => win.push(format!("sum(d{i}_s) OVER ({running}) AS r{i}_s")),
-            Function::Sum | Function::Avg => {
-                win.push(format!("sum(d{i}_s) OVER ({running}) AS r{i}_s"));
-                win.push(format!("sum(d{i}_c) OVER ({running}) AS r{i}_c"));
-            }
-            Function::Min | Function::Max | Function::Latest => {
-                let agg = if x.function == Function::Min { "min" } else { "max" };
-                let frame = match x.window {
-                    Window::Days(w) => format!(
-                        "PARTITION BY __k ORDER BY __day RANGE BETWEEN {} PRECEDING AND CURRENT ROW",
-                        w - 1
-                    ),
-                    Window::Unbounded(_) => running.to_string(),
-                };
-                win.push(format!("{agg}(m{i}) OVER ({frame}) AS r{i}"));
-            }
-        }
-    }
-    ctes.push(format!("win AS (SELECT {} FROM daily)", win.join(", ")));
-
-    // Base rows: the grid, with feature values and dimension columns.
+    // Base rows: feature values and dimension columns.
+    let slot = |col: String| format!("w.__r['c{}']", slot_of.get(&col).copied().unwrap_or(0));
     let mut base = vec![
         format!("w.__k AS {}", quote(key)),
-        "arrow_cast(CAST(w.__day AS INT), 'Date32') AS feature_date".to_string(),
+        format!("arrow_cast(CAST(w.__r['{}'] AS INT), 'Date32') AS feature_date", tiles::DAY_FIELD),
     ];
     for (i, x) in spec.features.iter().enumerate() {
+        let (s_, c_, m_) = (slot(format!("s{i}")), slot(format!("c{i}")), slot(format!("m{i}")));
         let value = match x.function {
-            Function::Count => format!("coalesce(r{i}_s, 0)"),
+            Function::Count => format!("coalesce({s_}, 0)"),
             Function::Sum => match default_literal(x) {
-                Some(d) => format!("CASE WHEN coalesce(r{i}_c, 0) > 0 THEN r{i}_s ELSE {d} END"),
-                None => format!("CASE WHEN coalesce(r{i}_c, 0) > 0 THEN r{i}_s END"),
+                Some(d) => format!("CASE WHEN coalesce({c_}, 0) > 0 THEN {s_} ELSE {d} END"),
+                None => format!("CASE WHEN coalesce({c_}, 0) > 0 THEN {s_} END"),
             },
             Function::Avg => {
-                let avg = format!("CAST(r{i}_s AS DOUBLE) / r{i}_c");
+                let avg = format!("CAST({s_} AS DOUBLE) / {c_}");
                 match default_literal(x) {
-                    Some(d) => format!("CASE WHEN coalesce(r{i}_c, 0) > 0 THEN {avg} ELSE {d} END"),
-                    None => format!("CASE WHEN coalesce(r{i}_c, 0) > 0 THEN {avg} END"),
+                    Some(d) => format!("CASE WHEN coalesce({c_}, 0) > 0 THEN {avg} ELSE {d} END"),
+                    None => format!("CASE WHEN coalesce({c_}, 0) > 0 THEN {avg} END"),
                 }
             }
             Function::Min | Function::Max | Function::Latest => match default_literal(x) {
-                Some(d) => format!("coalesce(r{i}, {d})"),
-                None => format!("r{i}"),
+                Some(d) => format!("coalesce({m_}, {d})"),
+                None => m_,
             },
         };
         base.push(format!("{value} AS {}", quote(&x.name)));
@@ -378,7 +375,7 @@ pub fn chunk_query(
             base.push(format!("dim{j}.{} AS {}", quote(c), quote(c)));
         }
     }
-    ctes.push(format!("base AS (SELECT {} FROM win AS w{joins} WHERE w.__g = 1)", base.join(", ")));
+    ctes.push(format!("base AS (SELECT {} FROM flat AS w{joins})", base.join(", ")));
 
     let mut out = vec![quote(key), "feature_date".to_string()];
     out.extend(spec.features.iter().filter(|x| x.output).map(|x| quote(&x.name)));
@@ -406,6 +403,7 @@ pub fn copy_statement(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::spec::Window;
 
     fn spec() -> JobSpec {
         JobSpec::parse(include_str!("../../jobs/churn.yaml"), "churn.yaml").expect("valid")

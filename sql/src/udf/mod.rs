@@ -1,0 +1,13 @@
+//! Sluice's SQL functions, registered in every process of a cluster (client,
+//! scheduler, executors) and in the local reference engine.
+
+use std::sync::Arc;
+
+use datafusion::logical_expr::AggregateUDF;
+
+pub mod tiles;
+
+/// Sluice's aggregate functions.
+pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
+    vec![Arc::new(AggregateUDF::from(tiles::FeatureTiles::default()))]
+}

@@ -59,7 +59,7 @@ enum Bench {
         /// Feature dates to backfill (the data covers these plus 100 days before).
         #[arg(long, default_value_t = 365)]
         dates: u32,
-        #[arg(long, default_value_t = 31)]
+        #[arg(long, default_value_t = 92)]
         chunk_days: u32,
         /// Run the naive loop on every Nth date only and extrapolate (1 = all dates).
         #[arg(long, default_value_t = 1)]

@@ -235,12 +235,48 @@ impl AggregateUDFImpl for FeatureTiles {
     }
 }
 
-/// One entity's rows: its first feature day and, per column, `(day, value)`
-/// pairs (floats stored as their bits).
-#[derive(Debug, Default, Clone)]
-struct Group {
-    start: Option<i64>,
-    cols: Vec<Vec<(i64, i64)>>,
+/// One non-NULL value: its group, column and day (floats stored as bits).
+///
+/// Values are appended in arrival order (sequential writes, no per-group
+/// allocations) and bucketed by (group, column) once, when groups are
+/// emitted.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    value: i64,
+    group: u32,
+    day: i32,
+    col: u16,
+}
+
+/// Emitted groups: entries sorted by (group, column, day); the values of
+/// group `g`, column `j` are `entries[bounds[g * cols + j]..bounds[g * cols + j + 1]]`.
+struct Buckets {
+    starts: Vec<Option<i64>>,
+    entries: Vec<Entry>,
+    bounds: Vec<usize>,
+}
+
+/// Buckets `entries` (all with `group < starts.len()`) by counting sort.
+fn bucket(starts: Vec<Option<i64>>, entries: Vec<Entry>, cols: usize) -> Buckets {
+    let keys = starts.len() * cols;
+    let mut bounds = vec![0usize; keys + 1];
+    for e in &entries {
+        bounds[e.group as usize * cols + e.col as usize + 1] += 1;
+    }
+    for k in 0..keys {
+        bounds[k + 1] += bounds[k];
+    }
+    let mut next = bounds.clone();
+    let mut sorted = vec![Entry { value: 0, group: 0, day: 0, col: 0 }; entries.len()];
+    for e in entries {
+        let k = e.group as usize * cols + e.col as usize;
+        sorted[next[k]] = e;
+        next[k] += 1;
+    }
+    for k in 0..keys {
+        sorted[bounds[k]..bounds[k + 1]].sort_unstable_by_key(|e| e.day);
+    }
+    Buckets { starts, entries: sorted, bounds }
 }
 
 #[derive(Debug)]
@@ -248,7 +284,9 @@ struct TilesAccumulator {
     config: Config,
     input_types: Vec<DataType>,
     kinds: Vec<Kind>,
-    groups: Vec<Group>,
+    /// Per group: the entity's first feature day (from its anchor row).
+    starts: Vec<Option<i64>>,
+    entries: Vec<Entry>,
 }
 
 /// Raw values of a column as i64 (integer kinds) or f64 bits (floats).
@@ -316,35 +354,62 @@ impl TilesAccumulator {
             );
         }
         let kinds = input_types.iter().map(kind_of).collect::<Result<Vec<_>>>()?;
-        Ok(Self { config, input_types, kinds, groups: Vec::new() })
+        Ok(Self { config, input_types, kinds, starts: Vec::new(), entries: Vec::new() })
     }
 
     fn ensure(&mut self, total: usize) {
-        if self.groups.len() < total {
-            let empty = Group { start: None, cols: vec![Vec::new(); self.kinds.len()] };
-            self.groups.resize(total, empty);
+        if self.starts.len() < total {
+            self.starts.resize(total, None);
         }
     }
 
+    /// Removes the groups `emit_to` names, bucketed; the others are renumbered.
+    fn take(&mut self, emit_to: EmitTo) -> Buckets {
+        let starts = emit_to.take_needed(&mut self.starts);
+        let entries = match emit_to {
+            EmitTo::All => std::mem::take(&mut self.entries),
+            EmitTo::First(n) => {
+                let n = n as u32;
+                let (mut taken, mut kept) = (Vec::new(), Vec::new());
+                for mut e in std::mem::take(&mut self.entries) {
+                    if e.group < n {
+                        taken.push(e);
+                    } else {
+                        e.group -= n;
+                        kept.push(e);
+                    }
+                }
+                self.entries = kept;
+                taken
+            }
+        };
+        bucket(starts, entries, self.kinds.len())
+    }
+
+    fn push(&mut self, group: usize, col: usize, day: i64, value: i64) -> Result<()> {
+        let day = i32::try_from(day)
+            .map_err(|_| DataFusionError::Execution(format!("{NAME}: day {day} out of range")))?;
+        self.entries.push(Entry { value, group: group as u32, day, col: col as u16 });
+        Ok(())
+    }
+
     /// Output rows (one list per group).
-    fn build(&self, groups: &[Group]) -> Result<ArrayRef> {
+    fn build(&self, b: &Buckets) -> Result<ArrayRef> {
         let t = self.config.last_day;
-        let mut offsets = Vec::with_capacity(groups.len() + 1);
+        let n = self.kinds.len();
+        let mut offsets = Vec::with_capacity(b.starts.len() + 1);
         offsets.push(0i32);
         let mut days: Vec<i64> = Vec::new();
-        let n = self.kinds.len();
         let mut cols: Vec<Vec<Option<i64>>> = vec![Vec::new(); n];
-        let mut sorted: Vec<(i64, i64)> = Vec::new();
-        for g in groups {
-            if let Some(start) = g.start.filter(|s| *s <= t) {
+        for (g, start) in b.starts.iter().enumerate() {
+            if let Some(start) = start.filter(|s| *s <= t) {
                 let base = days.len();
                 days.extend(start..=t);
-                for (j, entries) in g.cols.iter().enumerate() {
-                    sorted.clear();
-                    sorted.extend_from_slice(entries);
-                    sorted.sort_unstable_by_key(|e| e.0);
-                    cols[j].resize(base, None);
-                    window(&sorted, start, t, self.config.ops[j], self.kinds[j], &mut cols[j])?;
+                for (j, out) in cols.iter_mut().enumerate() {
+                    let k = g * n + j;
+                    let entries = &b.entries[b.bounds[k]..b.bounds[k + 1]];
+                    out.resize(base, None);
+                    window(entries, start, t, self.config.ops[j], self.kinds[j], out)?;
                 }
             }
             let len = i32::try_from(days.len()).map_err(|_| {
@@ -367,17 +432,18 @@ impl TilesAccumulator {
         Ok(Arc::new(list))
     }
 
-    fn state_of(&self, groups: &[Group]) -> Result<Vec<ArrayRef>> {
-        let mut out: Vec<ArrayRef> =
-            vec![Arc::new(Int64Array::from(groups.iter().map(|g| g.start).collect::<Vec<_>>()))];
+    fn state_of(&self, b: &Buckets) -> Result<Vec<ArrayRef>> {
+        let n = self.kinds.len();
+        let mut out: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(b.starts.clone()))];
         for (j, kind) in self.kinds.iter().enumerate() {
             let mut offsets = vec![0i32];
             let mut d: Vec<i64> = Vec::new();
             let mut v: Vec<i64> = Vec::new();
-            for g in groups {
-                for (day, value) in &g.cols[j] {
-                    d.push(*day);
-                    v.push(*value);
+            for g in 0..b.starts.len() {
+                let k = g * n + j;
+                for e in &b.entries[b.bounds[k]..b.bounds[k + 1]] {
+                    d.push(i64::from(e.day));
+                    v.push(e.value);
                 }
                 offsets.push(i32::try_from(d.len()).map_err(|_| {
                     DataFusionError::Execution(format!("{NAME}: state over 2^31 values"))
@@ -410,7 +476,7 @@ impl TilesAccumulator {
 
 /// Appends column values for feature days `start..=t` to `out`.
 fn window(
-    entries: &[(i64, i64)],
+    entries: &[Entry],
     start: i64,
     t: i64,
     op: ColumnOp,
@@ -423,19 +489,19 @@ fn window(
         Op::Sum => {
             let (mut isum, mut fsum, mut count) = (0i128, 0f64, 0u64);
             for d in start..=t {
-                while hi < entries.len() && entries[hi].0 <= d {
+                while hi < entries.len() && i64::from(entries[hi].day) <= d {
                     match kind {
-                        Kind::Int => isum += i128::from(entries[hi].1),
-                        Kind::Float => fsum += f64::from_bits(entries[hi].1 as u64),
+                        Kind::Int => isum += i128::from(entries[hi].value),
+                        Kind::Float => fsum += f64::from_bits(entries[hi].value as u64),
                     }
                     count += 1;
                     hi += 1;
                 }
                 if w > 0 {
-                    while lo < hi && entries[lo].0 < d - w + 1 {
+                    while lo < hi && i64::from(entries[lo].day) < d - w + 1 {
                         match kind {
-                            Kind::Int => isum -= i128::from(entries[lo].1),
-                            Kind::Float => fsum -= f64::from_bits(entries[lo].1 as u64),
+                            Kind::Int => isum -= i128::from(entries[lo].value),
+                            Kind::Float => fsum -= f64::from_bits(entries[lo].value as u64),
                         }
                         count -= 1;
                         lo += 1;
@@ -464,19 +530,19 @@ fn window(
             };
             let mut deque: VecDeque<usize> = VecDeque::new();
             for d in start..=t {
-                while hi < entries.len() && entries[hi].0 <= d {
-                    while deque.back().is_some_and(|&b| better(entries[hi].1, entries[b].1)) {
+                while hi < entries.len() && i64::from(entries[hi].day) <= d {
+                    while deque.back().is_some_and(|&b| better(entries[hi].value, entries[b].value)) {
                         deque.pop_back();
                     }
                     deque.push_back(hi);
                     hi += 1;
                 }
                 if w > 0 {
-                    while deque.front().is_some_and(|&f| entries[f].0 < d - w + 1) {
+                    while deque.front().is_some_and(|&f| i64::from(entries[f].day) < d - w + 1) {
                         deque.pop_front();
                     }
                 }
-                out.push(deque.front().map(|&f| entries[f].1));
+                out.push(deque.front().map(|&f| entries[f].value));
             }
         }
     }
@@ -525,18 +591,19 @@ impl GroupsAccumulator for TilesAccumulator {
             .zip(&self.kinds)
             .map(|(a, k)| raw_values(a, *k))
             .collect::<Result<Vec<_>>>()?;
+        let keep = |row: usize| opt_filter.is_none_or(|f| f.is_valid(row) && f.value(row));
         for (row, &g) in group_indices.iter().enumerate() {
-            if opt_filter.is_some_and(|f| !f.is_valid(row) || !f.value(row)) {
-                continue;
+            if let Some(s) = starts[row].filter(|_| keep(row)) {
+                self.starts[g] = Some(self.starts[g].map_or(s, |x| x.min(s)));
             }
-            let group = &mut self.groups[g];
-            if let Some(s) = starts[row] {
-                group.start = Some(group.start.map_or(s, |x| x.min(s)));
-            }
-            let Some(day) = days[row] else { continue };
-            for (j, col) in cols.iter().enumerate() {
-                if let Some(v) = col[row] {
-                    group.cols[j].push((day, v));
+        }
+        // Column by column: each input column is read sequentially.
+        for (j, col) in cols.iter().enumerate() {
+            for (row, &g) in group_indices.iter().enumerate() {
+                if let (Some(v), Some(day)) = (col[row], days[row]) {
+                    if keep(row) {
+                        self.push(g, j, day, v)?;
+                    }
                 }
             }
         }
@@ -544,13 +611,13 @@ impl GroupsAccumulator for TilesAccumulator {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let groups = emit_to.take_needed(&mut self.groups);
-        self.build(&groups)
+        let b = self.take(emit_to);
+        self.build(&b)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let groups = emit_to.take_needed(&mut self.groups);
-        self.state_of(&groups)
+        let b = self.take(emit_to);
+        self.state_of(&b)
     }
 
     fn merge_batch(
@@ -566,8 +633,7 @@ impl GroupsAccumulator for TilesAccumulator {
         let starts = int64s(&values[0])?;
         for (row, &g) in group_indices.iter().enumerate() {
             if let Some(s) = starts[row] {
-                let group = &mut self.groups[g];
-                group.start = Some(group.start.map_or(s, |x| x.min(s)));
+                self.starts[g] = Some(self.starts[g].map_or(s, |x| x.min(s)));
             }
         }
         for j in 0..self.kinds.len() {
@@ -585,10 +651,9 @@ impl GroupsAccumulator for TilesAccumulator {
                     continue;
                 }
                 let (a, b) = (offsets[row] as usize, offsets[row + 1] as usize);
-                let col = &mut self.groups[g].cols[j];
                 for i in a..b {
                     if let (Some(day), Some(value)) = (d[i], v[i]) {
-                        col.push((day, value));
+                        self.push(g, j, day, value)?;
                     }
                 }
             }
@@ -606,20 +671,16 @@ impl GroupsAccumulator for TilesAccumulator {
             config: self.config.clone(),
             input_types: self.input_types.clone(),
             kinds: self.kinds.clone(),
-            groups: Vec::new(),
+            starts: Vec::new(),
+            entries: Vec::new(),
         };
         single.update_batch(values, &(0..n).collect::<Vec<_>>(), opt_filter, n)?;
         single.state(EmitTo::All)
     }
 
     fn size(&self) -> usize {
-        self.groups
-            .iter()
-            .map(|g| {
-                std::mem::size_of::<Group>()
-                    + g.cols.iter().map(|c| c.capacity() * 16 + 24).sum::<usize>()
-            })
-            .sum()
+        self.starts.capacity() * std::mem::size_of::<Option<i64>>()
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
     }
 }
 
@@ -635,7 +696,8 @@ impl Accumulator for SingleGroup {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         self.0.ensure(1);
-        let list = self.0.build(&self.0.groups)?;
+        let b = bucket(self.0.starts.clone(), self.0.entries.clone(), self.0.kinds.len());
+        let list = self.0.build(&b)?;
         ScalarValue::try_from_array(&list, 0)
     }
 
@@ -645,7 +707,8 @@ impl Accumulator for SingleGroup {
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         self.0.ensure(1);
-        self.0.state_of(&self.0.groups)?.iter().map(|a| ScalarValue::try_from_array(a, 0)).collect()
+        let b = bucket(self.0.starts.clone(), self.0.entries.clone(), self.0.kinds.len());
+        self.0.state_of(&b)?.iter().map(|a| ScalarValue::try_from_array(a, 0)).collect()
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {

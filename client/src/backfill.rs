@@ -232,7 +232,13 @@ async fn check_chunk(
             .map_err(Error::from_datafusion)?;
         let counts = run_sql(ctx, &quality::rows_per_date_sql(&table)).await?;
         for b in &counts {
-            let ds = b.column(0).as_string_opt::<i32>();
+            // VARCHAR is Utf8 on the cluster and Utf8View on plain DataFusion.
+            let ds = datafusion::arrow::compute::cast(
+                b.column(0),
+                &datafusion::arrow::datatypes::DataType::Utf8,
+            )
+            .map_err(|e| Error::from_datafusion(e.into()))?;
+            let ds = ds.as_string_opt::<i32>();
             let ns = b.column(1).as_primitive_opt::<Int64Type>();
             if let (Some(ds), Some(ns)) = (ds, ns) {
                 for i in 0..b.num_rows() {

@@ -193,14 +193,29 @@ fn backfill_is_point_in_time_correct_idempotent_and_equal_standalone() {
         )))
         .expect("standalone");
     assert_eq!(report.dates_committed, 21);
+    // So does plain single-process DataFusion (`--local`).
+    let out3 = tmp.path().join("out-local");
+    let report = rt
+        .block_on(sluice_client::backfill::run(&options(
+            &data,
+            &out3,
+            Target::Local,
+            "2024-03-20",
+            "2024-04-09",
+        )))
+        .expect("local");
+    assert_eq!(report.dates_committed, 21);
     rt.block_on(async {
         let ctx = SessionContext::new_with_config(sluice_sql::session::local_session_config());
         register_output(&ctx, "a", &out).await;
         register_output(&ctx, "b", &out2).await;
+        register_output(&ctx, "c", &out3).await;
         let q = |t: &str| format!("SELECT feature_date, {COLS} FROM {t} WHERE feature_date >= '2024-03-20' ORDER BY feature_date, user_id");
         let a = run_sql(&ctx, &q("a")).await.expect("a");
         let b = run_sql(&ctx, &q("b")).await.expect("b");
+        let c = run_sql(&ctx, &q("c")).await.expect("c");
         sluice_client::verify::compare(&a, &b, true).expect("standalone output equals cluster output");
+        sluice_client::verify::compare(&a, &c, true).expect("local output equals cluster output");
     });
 }
 

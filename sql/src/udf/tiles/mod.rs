@@ -531,7 +531,8 @@ fn window(
             let mut deque: VecDeque<usize> = VecDeque::new();
             for d in start..=t {
                 while hi < entries.len() && i64::from(entries[hi].day) <= d {
-                    while deque.back().is_some_and(|&b| better(entries[hi].value, entries[b].value)) {
+                    while deque.back().is_some_and(|&b| better(entries[hi].value, entries[b].value))
+                    {
                         deque.pop_back();
                     }
                     deque.push_back(hi);

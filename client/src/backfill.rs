@@ -191,6 +191,19 @@ fn int_value(batches: &[RecordBatch], col: usize) -> u64 {
         .max(0) as u64
 }
 
+/// The sum of an integer column over every row (0 when absent).
+fn column_total(batches: &[RecordBatch], name: &str) -> u64 {
+    let mut total = 0i64;
+    for b in batches {
+        if let Some(a) =
+            b.schema().index_of(name).ok().and_then(|c| b.column(c).as_primitive_opt::<Int64Type>())
+        {
+            total += a.iter().flatten().sum::<i64>();
+        }
+    }
+    total.max(0) as u64
+}
+
 fn render_rows(batches: &[RecordBatch]) -> Vec<String> {
     let options = FormatOptions::default().with_null("NULL");
     let mut rows = Vec::new();
@@ -230,8 +243,8 @@ async fn check_chunk(
         ctx.register_parquet(&table, &format!("{}/", staging.display()), opts)
             .await
             .map_err(Error::from_datafusion)?;
-        let counts = run_sql(ctx, &quality::rows_per_date_sql(&table)).await?;
-        for b in &counts {
+        let checks = run_sql(ctx, &quality::chunk_checks_sql(spec, &table)).await?;
+        for b in &checks {
             // VARCHAR is Utf8 on the cluster and Utf8View on plain DataFusion.
             let ds = datafusion::arrow::compute::cast(
                 b.column(0),
@@ -250,17 +263,16 @@ async fn check_chunk(
                 }
             }
         }
-        let row_checks = match quality::row_checks_sql(spec, &table) {
-            Some(sql) => Some(run_sql(ctx, &sql).await?),
-            None => None,
-        };
         for (i, e) in spec.expectations.iter().enumerate() {
             let (failing, samples) = match e {
                 Expectation::UniqueKey { columns } => {
-                    let n = int_value(
-                        &run_sql(ctx, &quality::duplicate_count_sql(columns, &table)).await?,
-                        0,
-                    );
+                    let n = match quality::unique_key_per_date(columns) {
+                        Some(_) => column_total(&checks, &format!("e{i}")),
+                        None => int_value(
+                            &run_sql(ctx, &quality::duplicate_count_sql(columns, &table)).await?,
+                            0,
+                        ),
+                    };
                     let samples = if n > 0 {
                         render_rows(
                             &run_sql(ctx, &quality::duplicate_keys_sql(columns, &table, 5)).await?,
@@ -274,10 +286,7 @@ async fn check_chunk(
                     row_count_failures(&per_date, *min, *max)
                 }
                 _ => {
-                    let batches = row_checks.as_deref().unwrap_or(&[]);
-                    let idx =
-                        batches.first().and_then(|b| b.schema().index_of(&format!("e{i}")).ok());
-                    let n = idx.map(|c| int_value(batches, c)).unwrap_or(0);
+                    let n = column_total(&checks, &format!("e{i}"));
                     let samples = match (n > 0, quality::samples_sql(spec, e, &table, 5)) {
                         (true, Some(sql)) => render_rows(&run_sql(ctx, &sql).await?),
                         _ => vec![],

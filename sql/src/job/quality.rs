@@ -1,8 +1,10 @@
 //! Quality expectations, compiled to SQL over a chunk's staged output.
 //!
-//! Row-level checks (not_null, between, in_set) share one aggregate query;
-//! unique keys and per-date row counts get one query each. Samples of
-//! failing rows are fetched only for failed expectations.
+//! One query per chunk ([`chunk_checks_sql`]) counts rows per feature date
+//! and, per date, the violations of every row-level check (not_null,
+//! between, in_set) and of a unique key made of `feature_date` and one more
+//! column (the repeated rows). Any other unique key gets its own query.
+//! Samples of failing rows are fetched only for failed expectations.
 
 use crate::job::spec::{Expectation, JobSpec};
 
@@ -41,18 +43,33 @@ pub fn violation(e: &Expectation) -> Option<String> {
     }
 }
 
-/// One query counting the violations of every row-level expectation, with
-/// one column `e<i>` per expectation index (absent for the others).
-pub fn row_checks_sql(spec: &JobSpec, table: &str) -> Option<String> {
-    let cols: Vec<String> = spec
-        .expectations
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| {
-            violation(e).map(|v| format!("count(CASE WHEN {v} THEN 1 END) AS e{i}"))
-        })
-        .collect();
-    (!cols.is_empty()).then(|| format!("SELECT {} FROM {}", cols.join(", "), quote(table)))
+/// For a unique key of `feature_date` plus one column, that column: then
+/// [`chunk_checks_sql`] counts its repeated rows per date.
+pub fn unique_key_per_date(columns: &[String]) -> Option<&str> {
+    match columns {
+        [a, b] if a == "feature_date" && b != "feature_date" => Some(b),
+        [a, b] if b == "feature_date" && a != "feature_date" => Some(a),
+        _ => None,
+    }
+}
+
+/// The chunk's checks in one query, per feature date: `__d` (the date as
+/// VARCHAR), `__n` (rows), and `e<i>` for each expectation `i` checked here
+/// (row-level checks: violating rows; unique keys per
+/// [`unique_key_per_date`]: rows repeating a key).
+pub fn chunk_checks_sql(spec: &JobSpec, table: &str) -> String {
+    let mut cols =
+        vec!["CAST(feature_date AS VARCHAR) AS __d".to_string(), "count(*) AS __n".to_string()];
+    for (i, e) in spec.expectations.iter().enumerate() {
+        if let Some(v) = violation(e) {
+            cols.push(format!("count(CASE WHEN {v} THEN 1 END) AS e{i}"));
+        } else if let Expectation::UniqueKey { columns } = e {
+            if let Some(c) = unique_key_per_date(columns) {
+                cols.push(format!("count({c}) - count(DISTINCT {c}) AS e{i}", c = quote(c)));
+            }
+        }
+    }
+    format!("SELECT {} FROM {} GROUP BY 1", cols.join(", "), quote(table))
 }
 
 /// Rows with the same key more than once: `(key columns..., n)`.
@@ -72,14 +89,6 @@ pub fn duplicate_count_sql(columns: &[String], table: &str) -> String {
         "SELECT count(*) AS n FROM (SELECT {cols} FROM {t} GROUP BY {cols} HAVING count(*) > 1)",
         cols = cols.join(", "),
         t = quote(table)
-    )
-}
-
-/// Rows per feature date: `(feature_date VARCHAR, n)`.
-pub fn rows_per_date_sql(table: &str) -> String {
-    format!(
-        "SELECT CAST(feature_date AS VARCHAR) AS d, count(*) AS n FROM {} GROUP BY 1",
-        quote(table)
     )
 }
 
@@ -105,11 +114,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_churn_expectation_is_checked_in_one_query() {
+        let spec =
+            JobSpec::parse(include_str!("../../jobs/churn.yaml"), "churn.yaml").expect("valid");
+        let sql = chunk_checks_sql(&spec, "stg");
+        assert_eq!(sql.matches(" FROM ").count(), 1, "{sql}");
+        assert!(sql.contains("count(\"user_id\") - count(DISTINCT \"user_id\") AS e0"), "{sql}");
+        assert_eq!(sql.matches("count(CASE WHEN").count(), 6, "{sql}");
+        assert_eq!(unique_key_per_date(&["a".into(), "b".into()]), None);
+    }
+
+    #[test]
     fn row_level_expectations_share_one_query() {
         let spec =
             JobSpec::parse(include_str!("../../jobs/churn.yaml"), "churn.yaml").expect("valid");
-        let sql = row_checks_sql(&spec, "stg").expect("has row checks");
-        assert_eq!(sql.matches("count(CASE WHEN").count(), 6, "{sql}");
+        let sql = chunk_checks_sql(&spec, "stg");
         assert!(sql.contains("\"total_spend_30d\" < 0"), "{sql}");
         assert!(sql.contains("NOT IN ('consumer', 'smb', 'enterprise')"), "{sql}");
     }

@@ -64,6 +64,10 @@ enum Bench {
         /// Run the naive loop on every Nth date only and extrapolate (1 = all dates).
         #[arg(long, default_value_t = 1)]
         naive_every: u32,
+        /// Runs of each tiled backfill; the median is reported (this machine's timings vary
+        /// by up to ±30% from minute to minute).
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
         #[arg(long, default_value_t = 2)]
         executors: usize,
         #[arg(long, default_value_t = 0)]
@@ -73,8 +77,16 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Bench::Churn { users, dates, chunk_days, naive_every, executors, vcores } => {
-            churn(users, dates, chunk_days, naive_every.max(1), executors, vcores)
+        Bench::Churn { users, dates, chunk_days, naive_every, iterations, executors, vcores } => {
+            churn(
+                users,
+                dates,
+                chunk_days,
+                naive_every.max(1),
+                iterations.max(1),
+                executors,
+                vcores,
+            )
         }
         Bench::Tpch { scale_factor, data, iterations, executors, vcores, settings, queries } => {
             tpch(scale_factor, data, iterations.max(1), executors, vcores, &settings, &queries)
@@ -158,6 +170,7 @@ fn churn(
     dates: u32,
     chunk_days: u32,
     naive_every: u32,
+    iterations: usize,
     executors: usize,
     vcores: usize,
 ) -> anyhow::Result<()> {
@@ -219,16 +232,34 @@ fn churn(
     println!(
         "churn backfill: {users} users, {dates} feature dates ({first}..{last}), process cluster 1 scheduler + {executors} executors x {vcores} slots, chunk {chunk_days} days"
     );
-    let report = rt.block_on(run(&opts(&spec_path, "tiled")))?;
-    anyhow::ensure!(report.ok, "quality failed");
-    let tiled = report.seconds;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    // One untimed run first: page cache, executor memory pools and connections warm up.
+    anyhow::ensure!(rt.block_on(run(&opts(&spec_path, "warm-up")))?.ok, "quality failed");
+    let mut runs = Vec::new();
+    let mut rows = 0;
+    let mut chunks = 0;
+    for i in 0..iterations {
+        let report = rt.block_on(run(&opts(&spec_path, &format!("tiled-{i}"))))?;
+        anyhow::ensure!(report.ok, "quality failed");
+        runs.push(report.seconds);
+        rows = report.rows;
+        chunks = report.chunks;
+    }
+    let tiled = median(runs.clone());
     println!(
-        "tiled backfill (30/7/90-day windows): {tiled:.2} s, {} rows, {} chunks",
-        report.rows, report.chunks
+        "tiled backfill (30/7/90-day windows): {tiled:.2} s (median of {runs:.2?}), {rows} rows, {chunks} chunks"
     );
-    let report3 = rt.block_on(run(&opts(&tripled_path, "tiled-3x")))?;
-    let tiled3 = report3.seconds;
-    println!("tiled backfill, every window x3 (90/21/270 days): {tiled3:.2} s");
+    let mut runs3 = Vec::new();
+    for i in 0..iterations {
+        runs3.push(rt.block_on(run(&opts(&tripled_path, &format!("tiled-3x-{i}"))))?.seconds);
+    }
+    let tiled3 = median(runs3.clone());
+    println!(
+        "tiled backfill, every window x3 (90/21/270 days): {tiled3:.2} s (median of {runs3:.2?})"
+    );
 
     // The naive loop: one query per feature date over the raw tables, written out the same way.
     let naive_secs = rt.block_on(async {
@@ -242,23 +273,28 @@ fn churn(
         }
         let conn = connect(&target, &[], &tables).await?;
         let out = work.path().join("naive");
-        let t = Instant::now();
-        let mut ran = 0u32;
+        let mut per_date = Vec::new();
         for (i, day) in first.iter_days().take_while(|d| *d <= last).enumerate() {
             if i as u32 % naive_every != 0 {
                 continue;
             }
             let sql = sluice_sql::job::churn_reference_sql(day);
             let dir = out.join(format!("feature_date={day}"));
+            let t = Instant::now();
             run_sql(&conn.ctx, &format!("COPY ({sql}) TO '{}/' STORED AS PARQUET", dir.display()))
                 .await?;
-            ran += 1;
+            per_date.push(t.elapsed().as_secs_f64());
         }
-        let per_date = t.elapsed().as_secs_f64() / f64::from(ran.max(1));
-        anyhow::Ok(per_date * f64::from(dates))
+        let mean = per_date.iter().sum::<f64>() / per_date.len().max(1) as f64;
+        println!(
+            "naive per-date query: mean {mean:.3} s, median {:.3} s over {} dates",
+            median(per_date.clone()),
+            per_date.len()
+        );
+        anyhow::Ok(mean * f64::from(dates))
     })?;
     let note = if naive_every > 1 {
-        format!(" (every {naive_every}th date run, extrapolated)")
+        format!(" (every {naive_every}th date run; mean per date x {dates} dates)")
     } else {
         String::new()
     };

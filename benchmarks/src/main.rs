@@ -8,6 +8,15 @@
 //! ```text
 //! cargo run --release -p sluice-benchmarks -- tpch --scale-factor 1
 //! ```
+//!
+//! `churn` times the tiled backfill against the naive per-date loop; `skew`
+//! measures task balance of the backfill on Zipf-skewed and uniform data with
+//! skew handling on and off (see `skew.rs`).
+
+mod skew;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -73,10 +82,43 @@ enum Bench {
         #[arg(long, default_value_t = 0)]
         vcores: usize,
     },
+    /// Skew: per-task balance of the churn backfill's heaviest stage on Zipf-skewed and
+    /// uniform data, skew handling (sluice.skew.enabled) on and off.
+    Skew {
+        #[arg(long, default_value_t = 2000)]
+        users: u64,
+        /// Feature dates to backfill (the data covers these plus 100 days before).
+        #[arg(long, default_value_t = 92)]
+        dates: u32,
+        /// Zipf exponent of the skewed data set (1.2: the hottest user holds ~20% of rows).
+        #[arg(long, default_value_t = 1.2)]
+        zipf: f64,
+        /// Shuffle partitions (datafusion.execution.target_partitions).
+        #[arg(long, default_value_t = 32)]
+        partitions: usize,
+        /// Runs of each configuration; the one with the median wall time is reported.
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        #[arg(long, default_value_t = 0)]
+        vcores: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Bench::Skew { users, dates, zipf, partitions, iterations, executors, vcores } => {
+            skew::run(&skew::SkewBench {
+                users,
+                dates,
+                zipf,
+                partitions,
+                iterations: iterations.max(1),
+                executors,
+                vcores,
+            })
+        }
         Bench::Churn { users, dates, chunk_days, naive_every, iterations, executors, vcores } => {
             churn(
                 users,

@@ -33,6 +33,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use sluice_sql::job::spec::{Expectation, Function, JobSpec, SpecError};
 use sluice_sql::job::{plan, quality};
+use sluice_sql::options::SluiceOptions;
 use sluice_sql::tables::{TableFormat, TableSource};
 
 use crate::connect::{Target, connect, run_sql};
@@ -458,7 +459,9 @@ async fn validate_against_data(
     // Derived expressions and the whole query: plan one day.
     let day = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default();
     let types = partial_types(ctx, spec).await?;
-    if let Err(e) = ctx.sql(&plan::chunk_query(spec, day, day, &types)).await {
+    if let Err(e) =
+        ctx.sql(&plan::chunk_query(spec, day, day, &types, &plan::PlanOptions::default())).await
+    {
         let msg = sluice_sql::session::clean_df_message(&e);
         let culprit = spec.derived.iter().position(|d| {
             msg.contains(&d.name) || d.expr.split_whitespace().any(|w| msg.contains(w))
@@ -495,6 +498,8 @@ struct Prepared {
     out: PathBuf,
     conn: crate::connect::Connection,
     types: plan::ColumnTypes,
+    plan_opts: plan::PlanOptions,
+    skew: SluiceOptions,
 }
 
 /// Parses and validates the spec, registers its sources and checks them
@@ -542,7 +547,17 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
     let conn = connect(&opts.target, &opts.settings, &tables).await?;
     validate_against_data(&conn.ctx, &spec, &spec_label).await?;
     let types = partial_types(&conn.ctx, &spec).await?;
-    Ok(Prepared { spec, spec_label, out, conn, types })
+    let skew = conn
+        .ctx
+        .state()
+        .config()
+        .options()
+        .extensions
+        .get::<SluiceOptions>()
+        .cloned()
+        .unwrap_or_default();
+    let plan_opts = plan::PlanOptions { combine_per_day: skew.skew_enabled };
+    Ok(Prepared { spec, spec_label, out, conn, types, plan_opts, skew })
 }
 
 /// `EXPLAIN` (or `EXPLAIN ANALYZE`, which runs it) of the query of the
@@ -551,15 +566,17 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
 /// # Errors
 /// As [`run`], for the spec, the data and the engine.
 pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
-    let Prepared { spec, conn, types, .. } = prepare(opts).await?;
+    let Prepared { spec, conn, types, plan_opts, skew, .. } = prepare(opts).await?;
     let all: Vec<NaiveDate> = opts.from.iter_days().take_while(|d| *d <= opts.to).collect();
     let Some(&(first, last)) = chunks(&all, opts.chunk_days).first() else {
         return Ok(String::new());
     };
-    let sql = plan::chunk_query(&spec, first, last, &types);
+    let sql = plan::chunk_query(&spec, first, last, &types, &plan_opts);
     let verb = if analyze { "EXPLAIN ANALYZE" } else { "EXPLAIN" };
     let batches = run_sql(&conn.ctx, &format!("{verb} {sql}")).await?;
-    let mut text = format!("-- chunk {first}..{last}\n{sql}\n\n");
+    let mut text = format!("-- chunk {first}..{last}\n");
+    text.push_str(&hot_keys_report(&conn.ctx, &spec, first, last, &skew).await?);
+    text.push_str(&format!("{sql}\n\n"));
     for b in &batches {
         let (Some(kind), Some(plan)) =
             (b.column(0).as_string_opt::<i32>(), b.column(1).as_string_opt::<i32>())
@@ -573,6 +590,59 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
     Ok(text)
 }
 
+/// The `--explain` lines on skew: the chunk's hot entities (more than
+/// `sluice.skew.hot_key_share` of the rows its sources feed the tiles
+/// aggregation) and what the plan does about them.
+async fn hot_keys_report(
+    ctx: &SessionContext,
+    spec: &JobSpec,
+    first: NaiveDate,
+    last: NaiveDate,
+    skew: &SluiceOptions,
+) -> Result<String> {
+    let share = skew.skew_hot_key_share;
+    let sql = plan::hot_keys_query(spec, first, last, share);
+    let batches = run_sql(ctx, &sql).await?;
+    let mut hot = Vec::new();
+    let mut total = 0i64;
+    for b in &batches {
+        let key = ArrayFormatter::try_new(b.column(0), &FormatOptions::default())
+            .map_err(|e| Error::from_datafusion(e.into()))?;
+        let (Some(n), Some(t)) = (
+            b.column(1).as_primitive_opt::<Int64Type>(),
+            b.column(2).as_primitive_opt::<Int64Type>(),
+        ) else {
+            return Err(Error::Sql {
+                message: "the hot-key query returned unexpected types".into(),
+            });
+        };
+        for i in 0..b.num_rows() {
+            total = t.value(i);
+            hot.push(format!(
+                "{}={} ({:.1}%)",
+                spec.entity.key,
+                key.value(i).to_string(),
+                100.0 * n.value(i) as f64 / t.value(i).max(1) as f64
+            ));
+        }
+    }
+    let mut text = format!(
+        "-- hot keys (> {:.1}% of the chunk's source rows, sluice.skew.hot_key_share): ",
+        share * 100.0
+    );
+    if hot.is_empty() {
+        text.push_str("none\n");
+    } else {
+        text.push_str(&format!("{} of {total} rows\n", hot.join(", ")));
+    }
+    text.push_str(if skew.skew_enabled {
+        "-- skew handling on (sluice.skew.enabled): the partial tiles aggregation combines each entity's values per day before the shuffle (sluice_feature_tiles config without combine=0), so a hot entity costs the final aggregation its active days, not its rows\n"
+    } else {
+        "-- skew handling off (sluice.skew.enabled=false): every source row of an entity crosses the shuffle to the one task that owns it (combine=0)\n"
+    });
+    Ok(text)
+}
+
 /// Runs a backfill.
 ///
 /// # Errors
@@ -581,7 +651,7 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
 /// (the report is in the error message; nothing of that chunk is committed).
 pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
     let started = Instant::now();
-    let Prepared { spec, spec_label, out, conn, types } = prepare(opts).await?;
+    let Prepared { spec, spec_label, out, conn, types, plan_opts, .. } = prepare(opts).await?;
     std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
     let _lock = OutputLock::acquire(sibling(&out, "sluice-lock"))?;
     let staging_root = sibling(&out, "sluice-staging");
@@ -632,6 +702,7 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
                     first,
                     last,
                     types,
+                    &plan_opts,
                     &format!("{}/", staging.display()),
                 );
                 run_sql(&ctx, &copy).await?;

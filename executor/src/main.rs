@@ -1,5 +1,8 @@
 //! `sluice-executor`: a Sluice executor process.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

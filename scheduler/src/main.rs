@@ -1,5 +1,8 @@
 //! `sluice-scheduler`: the Sluice scheduler process.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -143,12 +143,61 @@ pub fn partial_query(spec: &JobSpec, src_name: &str, f: i64, t: i64) -> String {
     format!("SELECT {} FROM {} WHERE {filter}", select.join(", "), quote(src_name))
 }
 
+/// How a chunk query is planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Skew handling for windowed features (`sluice.skew.enabled`): the
+    /// partial aggregation combines an entity's values per day before the
+    /// shuffle, so a hot entity costs the final aggregation its active days,
+    /// not its rows. Off only to measure what it buys.
+    pub combine_per_day: bool,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self { combine_per_day: true }
+    }
+}
+
 /// The query computing the spec's features for feature dates `first..=last`.
 pub fn chunk_query(
     spec: &JobSpec,
     first: NaiveDate,
     last: NaiveDate,
     types: &ColumnTypes,
+    opts: &PlanOptions,
+) -> String {
+    features_query(spec, first, last, types, opts, "feature_date")
+}
+
+/// The heaviest entities of chunk `first..=last` (at most 10): those holding
+/// more than `share` of the rows its sources feed the tiles aggregation, with
+/// their row count and the total (`__k, n, total`, heaviest first).
+pub fn hot_keys_query(spec: &JobSpec, first: NaiveDate, last: NaiveDate, share: f64) -> String {
+    let (f, t) = (day_number(first), day_number(last));
+    let keys: Vec<String> = spec
+        .event_sources()
+        .into_iter()
+        .map(|src| format!("SELECT __k FROM ({})", partial_query(spec, src, f, t)))
+        .collect();
+    format!(
+        "WITH k AS ({}), n AS (SELECT __k, count(*) AS n FROM k GROUP BY __k), \
+         s AS (SELECT __k, n, sum(n) OVER () AS total FROM n) \
+         SELECT __k, n, total FROM s WHERE CAST(n AS DOUBLE) > {share} * CAST(total AS DOUBLE) \
+         ORDER BY n DESC LIMIT 10",
+        keys.join(" UNION ALL ")
+    )
+}
+
+/// [`chunk_query`] whose output column `feature_date` is `feature_date`
+/// (a `DATE` or, for the partitioned writer, its `YYYY-MM-DD` text).
+fn features_query(
+    spec: &JobSpec,
+    first: NaiveDate,
+    last: NaiveDate,
+    types: &ColumnTypes,
+    opts: &PlanOptions,
+    feature_date: &str,
 ) -> String {
     let f = day_number(first);
     let t = day_number(last);
@@ -320,7 +369,11 @@ pub fn chunk_query(
     ctes.push(format!("rows AS ({})", branches.join(" UNION ALL ")));
 
     // Every feature of an entity for every feature day, in one aggregation.
-    let config = tiles::Config { last_day: t, ops: slots.iter().map(|(_, op)| *op).collect() };
+    let config = tiles::Config {
+        last_day: t,
+        ops: slots.iter().map(|(_, op)| *op).collect(),
+        combine: opts.combine_per_day,
+    };
     let args: Vec<String> = (0..slots.len()).map(|j| format!("c{j}")).collect();
     ctes.push(format!(
         "tiles AS (SELECT __k, {}('{}', __day, __start{}{}) AS __t FROM rows GROUP BY __k)",
@@ -336,6 +389,7 @@ pub fn chunk_query(
     let mut base = vec![
         format!("w.__k AS {}", quote(key)),
         format!("arrow_cast(CAST(w.__r['{}'] AS INT), 'Date32') AS feature_date", tiles::DAY_FIELD),
+        format!("w.__r['{}'] AS __feature_date_text", tiles::DATE_FIELD),
     ];
     for (i, x) in spec.features.iter().enumerate() {
         let (s_, c_, m_) = (slot(format!("s{i}")), slot(format!("c{i}")), slot(format!("m{i}")));
@@ -359,12 +413,18 @@ pub fn chunk_query(
         };
         base.push(format!("{value} AS {}", quote(&x.name)));
     }
-    let mut joins = String::new();
+    // Dimensions are written `dim RIGHT JOIN (...)`, the small side first:
+    // Ballista's adaptive planner only swaps join inputs when both sides
+    // have statistics, and the unnested features have none. With the
+    // dimension as the build side of a RIGHT join it is broadcast
+    // (CollectLeft) when under `ballista.optimizer.broadcast_join_threshold_*`,
+    // instead of shuffling both sides (a stage and a shuffle of every output
+    // row more; measured on 2000 and 20000 users, see benchmarks/README.md).
+    let mut from = "flat AS w".to_string();
     for (j, d) in spec.dimensions.iter().enumerate() {
         let dkey = d.key.clone().unwrap_or_else(|| key.clone());
-        let _ = write!(
-            joins,
-            " LEFT JOIN {} AS dim{j} ON dim{j}.{} = w.__k",
+        from = format!(
+            "{} AS dim{j} RIGHT JOIN ({from}) ON dim{j}.{} = w.__k",
             quote(&d.source),
             quote(&dkey)
         );
@@ -372,9 +432,9 @@ pub fn chunk_query(
             base.push(format!("dim{j}.{} AS {}", quote(c), quote(c)));
         }
     }
-    ctes.push(format!("base AS (SELECT {} FROM flat AS w{joins})", base.join(", ")));
+    ctes.push(format!("base AS (SELECT {} FROM {from})", base.join(", ")));
 
-    let mut out = vec![quote(key), "feature_date".to_string()];
+    let mut out = vec![quote(key), feature_date.to_string()];
     out.extend(spec.features.iter().filter(|x| x.output).map(|x| quote(&x.name)));
     out.extend(spec.derived.iter().map(|d| format!("{} AS {}", d.expr, quote(&d.name))));
     out.extend(spec.dimensions.iter().flat_map(|d| d.columns.iter().map(|c| quote(c))));
@@ -387,13 +447,24 @@ pub fn copy_statement(
     first: NaiveDate,
     last: NaiveDate,
     types: &ColumnTypes,
+    opts: &PlanOptions,
     staging: &str,
 ) -> String {
+    // Dictionary encoding only for dimension columns (low cardinality text):
+    // on numeric features the writer's dictionary interner hashes every value
+    // (about 8% of a backfill's CPU) for little gain once zstd compresses.
+    let mut options = vec![
+        format!("'format.compression' '{}'", spec.output.compression.replace('\'', "''")),
+        "'format.dictionary_enabled' 'false'".to_string(),
+    ];
+    for c in spec.dimensions.iter().flat_map(|d| &d.columns) {
+        options.push(format!("'format.dictionary_enabled::{}' 'true'", c.replace('\'', "''")));
+    }
     format!(
-        "COPY ({}) TO '{}' STORED AS PARQUET PARTITIONED BY (feature_date) OPTIONS ('format.compression' '{}')",
-        chunk_query(spec, first, last, types),
+        "COPY ({}) TO '{}' STORED AS PARQUET PARTITIONED BY (feature_date) OPTIONS ({})",
+        features_query(spec, first, last, types, opts, "__feature_date_text AS feature_date"),
         staging.replace('\'', "''"),
-        spec.output.compression.replace('\'', "''"),
+        options.join(", "),
     )
 }
 
@@ -412,7 +483,13 @@ mod tests {
 
     #[test]
     fn each_source_is_scanned_once_with_the_right_bounds() {
-        let sql = chunk_query(&spec(), date("2024-03-01"), date("2024-03-31"), &ColumnTypes::new());
+        let sql = chunk_query(
+            &spec(),
+            date("2024-03-01"),
+            date("2024-03-31"),
+            &ColumnTypes::new(),
+            &PlanOptions::default(),
+        );
         for src in ["transactions", "events", "tickets"] {
             assert_eq!(sql.matches(&format!("FROM \"{src}\"")).count(), 1, "{src}: {sql}");
         }
@@ -435,8 +512,20 @@ mod tests {
                 f.window = Window::Days(w * 3);
             }
         }
-        let a = chunk_query(&s, date("2024-03-01"), date("2024-03-31"), &ColumnTypes::new());
-        let b = chunk_query(&tripled, date("2024-03-01"), date("2024-03-31"), &ColumnTypes::new());
+        let a = chunk_query(
+            &s,
+            date("2024-03-01"),
+            date("2024-03-31"),
+            &ColumnTypes::new(),
+            &PlanOptions::default(),
+        );
+        let b = chunk_query(
+            &tripled,
+            date("2024-03-01"),
+            date("2024-03-31"),
+            &ColumnTypes::new(),
+            &PlanOptions::default(),
+        );
         let shape = |q: &str| q.chars().filter(|c| !c.is_ascii_digit()).collect::<String>();
         assert_eq!(shape(&a), shape(&b), "tripling windows must not change the plan's shape");
     }

@@ -29,8 +29,12 @@ fn config_round_trips_and_rejects_garbage() {
     let c = Config {
         last_day: 19822,
         ops: vec![ColumnOp { op: Op::Sum, window: 30 }, ColumnOp { op: Op::Max, window: 0 }],
+        combine: true,
     };
     assert_eq!(Config::parse(&c.render()).expect("parses"), c);
+    let off = Config { combine: false, ..c.clone() };
+    assert!(off.render().ends_with(";combine=0"), "{}", off.render());
+    assert_eq!(Config::parse(&off.render()).expect("parses"), off);
     for bad in ["", "t=x;ops=sum:1", "t=1;ops=avg:3", "t=1;ops=sum", "q=1"] {
         assert!(Config::parse(bad).is_err(), "{bad}");
     }
@@ -94,7 +98,25 @@ async fn matches_brute_force_on_random_rows() {
     let ctx = ctx();
     let table = datafusion::datasource::MemTable::try_new(schema, parts).expect("mem");
     ctx.register_table("r", Arc::new(table)).expect("register");
-    let cfg = "t=60;ops=sum:7,max:0,min:5,sum:0,max:3";
+    for cfg in [
+        "t=60;ops=sum:7,max:0,min:5,sum:0,max:3",
+        "t=60;ops=sum:7,max:0,min:5,sum:0,max:3;combine=0",
+    ] {
+        check_against_brute_force(&ctx, cfg, &k, &day, &a, &b, &starts, last).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check_against_brute_force(
+    ctx: &SessionContext,
+    cfg: &str,
+    k: &[i64],
+    day: &[Option<i64>],
+    a: &[Option<i64>],
+    b: &[Option<f64>],
+    starts: &std::collections::BTreeMap<i64, i64>,
+    last: i64,
+) {
     let sql = format!(
         "SELECT k, u['__day'] AS d, u['c0'] AS s7, u['c1'] AS mx, u['c2'] AS mn5, u['c3'] AS fs, u['c4'] AS fmx3 \
          FROM (SELECT k, unnest({NAME}('{cfg}', day, start, a, a, a, b, b)) AS u FROM r GROUP BY k) ORDER BY k, d"
@@ -104,7 +126,7 @@ async fn matches_brute_force_on_random_rows() {
     let rows: Vec<(i64, Option<i64>, Option<i64>, Option<f64>)> =
         (0..k.len()).map(|i| (k[i], day[i], a[i], b[i])).collect();
     let mut expected = Vec::new();
-    for (&key, &s) in &starts {
+    for (&key, &s) in starts.iter() {
         for d in s..=last {
             let win = |w: i64| {
                 rows.iter().filter(move |r| {
@@ -177,15 +199,21 @@ async fn decimals_dates_and_timestamps_keep_their_types() {
     let rendered =
         datafusion::arrow::util::pretty::pretty_format_batches(&out).expect("fmt").to_string();
     assert!(
-        rendered.contains("__day: 1, c0: 1.25, c1: 2024-01-01T10:00:00, c2: 2024-01-05"),
+        rendered.contains(
+            "__day: 1, __date: 1970-01-02, c0: 1.25, c1: 2024-01-01T10:00:00, c2: 2024-01-05"
+        ),
         "{rendered}"
     );
     assert!(
-        rendered.contains("__day: 2, c0: 3.75, c1: 2024-01-03T10:00:00, c2: 2024-01-02"),
+        rendered.contains(
+            "__day: 2, __date: 1970-01-03, c0: 3.75, c1: 2024-01-03T10:00:00, c2: 2024-01-02"
+        ),
         "{rendered}"
     );
     assert!(
-        rendered.contains("__day: 3, c0: 2.50, c1: 2024-01-03T10:00:00, c2: 2024-01-02"),
+        rendered.contains(
+            "__day: 3, __date: 1970-01-04, c0: 2.50, c1: 2024-01-03T10:00:00, c2: 2024-01-02"
+        ),
         "{rendered}"
     );
     let t = out[0].schema().field(0).data_type().clone();
@@ -211,4 +239,38 @@ async fn bad_configuration_is_a_plan_error() {
         .await
         .expect_err("must fail");
     assert!(err.to_string().contains("2 operations"), "{err}");
+}
+
+#[test]
+fn values_of_one_entity_and_day_are_combined_before_the_shuffle() {
+    // A hot entity: 1000 rows over 10 days in each of two columns.
+    let mut entries = Vec::new();
+    for i in 0..1000i64 {
+        let day = (i % 10) as i32;
+        entries.push(Entry { value: 1, group: 0, day, col: 0 });
+        entries.push(Entry { value: i, group: 0, day, col: 1 });
+        entries.push(Entry { value: (i as f64 * 0.5).to_bits() as i64, group: 1, day, col: 2 });
+    }
+    // Overflowing integer sums stay separate.
+    entries.push(Entry { value: i64::MAX, group: 1, day: 3, col: 0 });
+    entries.push(Entry { value: 1, group: 1, day: 3, col: 0 });
+    let b = bucket(
+        vec![Some(0), Some(0)],
+        entries,
+        &[Op::Sum, Op::Max, Op::Min],
+        &[Kind::Int, Kind::Int, Kind::Float],
+        true,
+    );
+    let of = |g: usize, j: usize| &b.entries[b.bounds[g * 3 + j]..b.bounds[g * 3 + j + 1]];
+    assert_eq!(of(0, 0).len(), 10);
+    assert!(of(0, 0).iter().all(|e| e.value == 100), "{:?}", of(0, 0));
+    assert_eq!(
+        of(0, 1).iter().map(|e| e.value).collect::<Vec<_>>(),
+        (990..1000).collect::<Vec<_>>()
+    );
+    assert_eq!(of(0, 2).len(), 0);
+    assert_eq!(of(1, 0).len(), 2, "{:?}", of(1, 0));
+    let mins: Vec<f64> = of(1, 2).iter().map(|e| f64::from_bits(e.value as u64)).collect();
+    assert_eq!(mins, (0..10).map(|d| d as f64 * 0.5).collect::<Vec<_>>());
+    assert!(of(0, 0).windows(2).all(|w| w[0].day < w[1].day));
 }

@@ -1,0 +1,245 @@
+//! `skew`: task balance of the churn backfill on skewed and uniform data.
+//!
+//! For each data set (Zipf `--zipf`, then uniform, same users and days) and
+//! `sluice.skew.enabled` on and off, the runner backfills `--dates` feature
+//! dates on a process cluster with `--partitions` shuffle partitions and one
+//! partition per task (`ballista.scheduler.max_partitions_per_task=1`, so a
+//! task time is a partition's time). It then reads the scheduler's REST stage
+//! summaries (`/api/jobs`, `/api/job/{id}/stages`) of the jobs the run
+//! submitted. This machine has 2 cores, so wall time cannot show balance; the
+//! heaviest stage's task times decide the time on a real cluster. Of that
+//! stage it prints:
+//!
+//! - max / median task time;
+//! - the largest task's share of the stage's total task time;
+//! - the makespan 64 slots would need: greedy list scheduling of the measured
+//!   task times, longest first, each onto the least loaded slot.
+//!
+//! ```text
+//! cargo run --release -p sluice-benchmarks -- skew --users 2000 --dates 92 --zipf 1.2
+//! ```
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use serde_json::Value;
+use sluice_client::Target;
+use sluice_client::backfill::{BackfillOptions, run as backfill};
+use sluice_tests::TestCluster;
+
+/// The runner's arguments.
+pub struct SkewBench {
+    pub users: u64,
+    pub dates: u32,
+    pub zipf: f64,
+    pub partitions: usize,
+    pub iterations: usize,
+    pub executors: usize,
+    pub vcores: usize,
+}
+
+/// One backfill run: wall time and the heaviest stage's task times (ms).
+struct Measured {
+    wall: f64,
+    stage: String,
+    tasks: Vec<u64>,
+}
+
+impl Measured {
+    fn median_task(&self) -> f64 {
+        let mut t = self.tasks.clone();
+        t.sort_unstable();
+        match t.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => t[n / 2] as f64,
+            n => (t[n / 2 - 1] + t[n / 2]) as f64 / 2.0,
+        }
+    }
+
+    fn max_task(&self) -> u64 {
+        self.tasks.iter().copied().max().unwrap_or(0)
+    }
+
+    fn largest_share(&self) -> f64 {
+        let total: u64 = self.tasks.iter().sum();
+        if total == 0 { 0.0 } else { self.max_task() as f64 / total as f64 }
+    }
+
+    /// Greedy list scheduling onto `slots` slots, longest task first.
+    fn makespan(&self, slots: usize) -> u64 {
+        let mut t = self.tasks.clone();
+        t.sort_unstable_by(|a, b| b.cmp(a));
+        let mut load = vec![0u64; slots.max(1)];
+        for d in t {
+            if let Some(min) = load.iter_mut().min() {
+                *min += d;
+            }
+        }
+        load.into_iter().max().unwrap_or(0)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let resp = http.get(url).send().await.with_context(|| format!("GET {url}"))?;
+    let status = resp.status();
+    anyhow::ensure!(status.is_success(), "GET {url}: HTTP {status}");
+    Ok(resp.json().await.with_context(|| format!("GET {url}: not JSON"))?)
+}
+
+/// The heaviest stage (largest total task time) of the jobs submitted at or
+/// after `since_ms`.
+async fn heaviest_stage(
+    http: &reqwest::Client,
+    rest: &str,
+    since_ms: u64,
+) -> anyhow::Result<(String, Vec<u64>)> {
+    let jobs = get_json(http, &format!("{rest}/api/jobs")).await?;
+    let jobs = jobs.as_array().context("/api/jobs: expected an array")?;
+    let mut best: Option<(u64, String, Vec<u64>)> = None;
+    for job in jobs {
+        let started = job.get("start_time").and_then(Value::as_u64).unwrap_or(0);
+        if started < since_ms {
+            continue;
+        }
+        let id = job.get("job_id").and_then(Value::as_str).context("job without job_id")?;
+        let stages = get_json(http, &format!("{rest}/api/job/{id}/stages")).await?;
+        let stages = stages.get("stages").and_then(Value::as_array).context("no stages")?;
+        for stage in stages {
+            let tasks: Vec<u64> = stage
+                .get("tasks")
+                .and_then(Value::as_array)
+                .map(|ts| {
+                    ts.iter()
+                        .filter_map(|t| t.get("exec_duration").and_then(Value::as_u64))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let total: u64 = tasks.iter().sum();
+            if best.as_ref().is_none_or(|(b, _, _)| total > *b) {
+                let sid = stage.get("stage_id").and_then(Value::as_str).unwrap_or("?");
+                let plan = stage.get("stage_plan").and_then(Value::as_str).unwrap_or("");
+                let top: Vec<&str> = plan.lines().take(3).map(str::trim).collect();
+                let label = format!("job {id} stage {sid}: {}", top.join(" <- "));
+                best = Some((total, label, tasks));
+            }
+        }
+    }
+    let (_, label, tasks) = best.context("no stage of this run found in /api/jobs")?;
+    Ok((label, tasks))
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn run(b: &SkewBench) -> anyhow::Result<()> {
+    let start = NaiveDate::from_ymd_opt(2023, 1, 1).context("date")?;
+    let lookback = 100i64;
+    let first = start + chrono::Duration::days(lookback);
+    let last = first + chrono::Duration::days(i64::from(b.dates) - 1);
+    let spec_path = sluice_tests::workspace_root().join("sql/jobs/churn.yaml");
+    let mut sets = Vec::new();
+    for (name, zipf) in [("zipf", b.zipf), ("uniform", 0.0)] {
+        let dir = sluice_tests::workspace_root()
+            .join(format!("benchmarks/data/skew-u{}-d{}-z{zipf}/raw", b.users, b.dates));
+        if !dir.join("events").is_dir() {
+            eprintln!("generating {name} churn data (zipf {zipf}) into {} ...", dir.display());
+            let cfg = sluice_client::datagen::churn::ChurnConfig {
+                users: b.users,
+                start,
+                days: b.dates + lookback as u32,
+                seed: 1,
+                zipf,
+                ..Default::default()
+            };
+            sluice_client::datagen::churn::generate(&cfg, &dir)?;
+        }
+        sets.push((name, zipf, dir));
+    }
+
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let vcores = if b.vcores == 0 { cores } else { b.vcores };
+    let cluster = TestCluster::start(b.executors, vcores).context("start the process cluster")?;
+    let rest = format!("http://{}", cluster.scheduler_addr());
+    let target = Target::Scheduler(cluster.scheduler_addr().parse()?);
+    let work = tempfile::Builder::new().prefix("sluice-skew-bench-").tempdir()?;
+    let rt = sluice_proto::runtime()?;
+    let http = reqwest::Client::new();
+    println!(
+        "skew: churn backfill, {} users, {} feature dates ({first}..{last}), {} shuffle partitions, 1 partition per task, process cluster 1 scheduler + {} executors x {vcores} slots",
+        b.users, b.dates, b.partitions, b.executors
+    );
+
+    let mut results: Vec<(&str, bool, Measured)> = Vec::new();
+    let mut n = 0;
+    for (name, zipf, data) in &sets {
+        for skew in [true, false] {
+            let mut runs = Vec::new();
+            // One untimed run per configuration first (page cache, connections).
+            for i in 0..=b.iterations {
+                n += 1;
+                let opts = BackfillOptions {
+                    spec: spec_path.clone(),
+                    from: first,
+                    to: last,
+                    target: target.clone(),
+                    data_dir: Some(data.clone()),
+                    output: Some(work.path().join(format!("out-{n}"))),
+                    chunk_days: 92,
+                    parallel: 2,
+                    settings: vec![
+                        ("datafusion.execution.target_partitions".into(), b.partitions.to_string()),
+                        ("ballista.scheduler.max_partitions_per_task".into(), "1".into()),
+                        ("sluice.skew.enabled".into(), skew.to_string()),
+                    ],
+                    progress: false,
+                };
+                let since = now_ms();
+                let t = Instant::now();
+                let report = rt.block_on(backfill(&opts))?;
+                let wall = t.elapsed().as_secs_f64();
+                anyhow::ensure!(report.ok, "quality failed on {name} (skew {skew})");
+                let (stage, tasks) = rt.block_on(heaviest_stage(&http, &rest, since))?;
+                if i > 0 {
+                    runs.push(Measured { wall, stage, tasks });
+                }
+            }
+            runs.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+            let walls: Vec<String> = runs.iter().map(|m| format!("{:.2}", m.wall)).collect();
+            let m = runs.swap_remove(runs.len() / 2);
+            println!(
+                "{name:<7} (zipf {zipf}) skew {:<3}: wall {:.2} s (median of [{}]); heaviest stage {} tasks, max/median {:.2} ({} ms / {:.0} ms), largest share {:.1}%, 64-slot makespan {} ms\n    {}",
+                if skew { "on" } else { "off" },
+                m.wall,
+                walls.join(", "),
+                m.tasks.len(),
+                m.max_task() as f64 / m.median_task().max(1.0),
+                m.max_task(),
+                m.median_task(),
+                100.0 * m.largest_share(),
+                m.makespan(64),
+                m.stage.chars().take(200).collect::<String>(),
+            );
+            results.push((name, skew, m));
+        }
+    }
+    let get = |name: &str, skew: bool| results.iter().find(|r| r.0 == name && r.1 == skew);
+    if let (Some((_, _, on)), Some((_, _, off))) = (get("zipf", true), get("zipf", false)) {
+        println!(
+            "zipf, skew on: max/median = {:.2} (target <= 2), largest share = {:.1}% (target <= 5%)",
+            on.max_task() as f64 / on.median_task().max(1.0),
+            100.0 * on.largest_share()
+        );
+        println!(
+            "RATIO zipf 64-slot makespan off/on = {:.1}x (target >= 5)",
+            off.makespan(64) as f64 / on.makespan(64).max(1) as f64
+        );
+        println!("RATIO zipf wall on/off = {:.2} (target <= 1.0)", on.wall / off.wall);
+    }
+    if let (Some((_, _, on)), Some((_, _, off))) = (get("uniform", true), get("uniform", false)) {
+        println!("RATIO uniform wall on/off = {:.2} (target <= 1.05)", on.wall / off.wall);
+    }
+    Ok(())
+}

@@ -88,7 +88,10 @@ async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     let resp = http.get(url).send().await.with_context(|| format!("GET {url}"))?;
     let status = resp.status();
     anyhow::ensure!(status.is_success(), "GET {url}: HTTP {status}");
-    Ok(resp.json().await.with_context(|| format!("GET {url}: not JSON"))?)
+    // reqwest's `json` feature would change the feature set of the reqwest
+    // that object_store (and so all of DataFusion) builds against.
+    let body = resp.text().await.with_context(|| format!("GET {url}: body"))?;
+    serde_json::from_str(&body).with_context(|| format!("GET {url}: not JSON"))
 }
 
 /// The heaviest stage (largest total task time) of the jobs submitted at or

@@ -636,7 +636,7 @@ async fn hot_keys_report(
         text.push_str(&format!("{} of {total} rows\n", hot.join(", ")));
     }
     text.push_str(if skew.skew_enabled {
-        "-- skew handling on (sluice.skew.enabled): the partial tiles aggregation combines each entity's values per day before the shuffle (sluice_feature_tiles config without combine=0), so a hot entity costs the final aggregation its active days, not its rows\n"
+        "-- skew handling on (sluice.skew.enabled): the partial tiles aggregation combines each entity's values per day before the shuffle, so a hot entity costs the final aggregation its active days, not its rows\n"
     } else {
         "-- skew handling off (sluice.skew.enabled=false): every source row of an entity crosses the shuffle to the one task that owns it (combine=0)\n"
     });

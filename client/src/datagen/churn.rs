@@ -104,6 +104,9 @@ fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, None)
 }
 
+/// Rows per Parquet row group of a generated table.
+const ROWS_PER_ROW_GROUP: usize = 64 * 1024;
+
 /// Writes a table as a sequence of Parquet files, rolling over by row count.
 struct TableWriter {
     dir: PathBuf,
@@ -127,8 +130,12 @@ impl TableWriter {
             if let Some(w) = self.writer.take() {
                 w.close()?;
             }
+            // Row groups of 64 Ki rows: a scan splits a file by row groups, so
+            // one big row group per file is one scan task however many
+            // partitions a query asks for.
             let props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+                .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
                 .build();
             let path = self.dir.join(format!("part-{}.parquet", self.files));
             self.writer =

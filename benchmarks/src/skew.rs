@@ -1,4 +1,6 @@
-//! `skew`: task balance of the churn backfill on skewed and uniform data.
+//! `skew`: task balance of (a) the churn backfill and (b) a join of two
+//! large inputs on the skewed key followed by an aggregation, on skewed and
+//! uniform data.
 //!
 //! For each data set (Zipf `--zipf`, then uniform, same users and days) and
 //! `sluice.skew.enabled` on and off, the runner backfills `--dates` feature
@@ -228,6 +230,83 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
             results.push((name, skew, m));
         }
     }
+    // (b) A join of two large inputs on the skewed key, then an aggregation.
+    // Broadcast is off so the join is partitioned (a small side would be
+    // broadcast and never skewed).
+    let join_sql = "SELECT e.event_type, count(*) AS n, sum(s.spend) AS spend FROM events e \
+                    JOIN (SELECT user_id, sum(amount) AS spend FROM transactions GROUP BY user_id) s \
+                    ON e.user_id = s.user_id GROUP BY e.event_type ORDER BY e.event_type";
+    let mut joins: Vec<(&str, bool, Measured)> = Vec::new();
+    for (name, zipf, data) in &sets {
+        let tables: Vec<sluice_sql::tables::TableSource> = sluice_client::datagen::churn::TABLES
+            .iter()
+            .map(|t| {
+                sluice_sql::tables::TableSource::new(
+                    t,
+                    &data.join(t).to_string_lossy(),
+                    Some(sluice_sql::tables::TableFormat::Parquet),
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let mut answers = Vec::new();
+        for skew in [true, false] {
+            let settings = vec![
+                ("datafusion.execution.target_partitions".to_string(), b.partitions.to_string()),
+                ("ballista.scheduler.max_partitions_per_task".into(), "1".into()),
+                ("ballista.optimizer.broadcast_join_threshold_bytes".into(), "0".into()),
+                ("sluice.skew.enabled".into(), skew.to_string()),
+            ];
+            let conn = rt.block_on(sluice_client::connect(&target, &settings, &tables))?;
+            let mut runs = Vec::new();
+            for i in 0..=b.iterations {
+                let since = now_ms();
+                let t = Instant::now();
+                let out =
+                    rt.block_on(sluice_client::connect::run_sql_salted(&conn.ctx, join_sql))?;
+                let wall = t.elapsed().as_secs_f64();
+                let (stage, tasks) = rt.block_on(heaviest_stage(&http, &rest, since))?;
+                if i == 0 {
+                    answers.push(out);
+                } else {
+                    runs.push(Measured { wall, stage, tasks });
+                }
+            }
+            runs.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+            let m = runs.swap_remove(runs.len() / 2);
+            println!(
+                "join+agg {name:<7} (zipf {zipf}) skew {:<3}: wall {:.2} s; heaviest stage {} tasks, max/median {:.2} ({} ms / {:.0} ms), largest share {:.1}%, 64-slot makespan {} ms\n    {}",
+                if skew { "on" } else { "off" },
+                m.wall,
+                m.tasks.len(),
+                m.max_task() as f64 / m.median_task().max(1.0),
+                m.max_task(),
+                m.median_task(),
+                100.0 * m.largest_share(),
+                m.makespan(64),
+                m.stage.chars().take(200).collect::<String>(),
+            );
+            joins.push((name, skew, m));
+        }
+        sluice_client::verify::compare(&answers[1], &answers[0], true)
+            .context("join+agg: salting on differs from off")?;
+    }
+    let jget = |name: &str, skew: bool| joins.iter().find(|r| r.0 == name && r.1 == skew);
+    if let (Some((_, _, on)), Some((_, _, off))) = (jget("zipf", true), jget("zipf", false)) {
+        println!(
+            "join+agg zipf, skew on: max/median = {:.2} (target <= 2), largest share = {:.1}% (target <= 5%)",
+            on.max_task() as f64 / on.median_task().max(1.0),
+            100.0 * on.largest_share()
+        );
+        println!(
+            "RATIO join+agg zipf 64-slot makespan off/on = {:.1}x (target >= 5)",
+            off.makespan(64) as f64 / on.makespan(64).max(1) as f64
+        );
+        println!("RATIO join+agg zipf wall on/off = {:.2} (target <= 1.0)", on.wall / off.wall);
+    }
+    if let (Some((_, _, on)), Some((_, _, off))) = (jget("uniform", true), jget("uniform", false)) {
+        println!("RATIO join+agg uniform wall on/off = {:.2} (target <= 1.05)", on.wall / off.wall);
+    }
+
     let get = |name: &str, skew: bool| results.iter().find(|r| r.0 == name && r.1 == skew);
     if let (Some((_, _, on)), Some((_, _, off))) = (get("zipf", true), get("zipf", false)) {
         println!(

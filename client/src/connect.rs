@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ballista::prelude::SessionContextExt;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{DataFrame, SessionContext};
 use sluice_proto::HostPort;
 use sluice_sql::session;
 use sluice_sql::tables::TableSource;
@@ -114,4 +114,107 @@ pub async fn connect(
 pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     let df = ctx.sql(sql).await.map_err(Error::from_datafusion)?;
     df.collect().await.map_err(Error::from_datafusion)
+}
+
+/// Runs one SQL statement as [`run_sql`] does, with hot-key salting of its
+/// joins when `sluice.skew.enabled` (the default): the left key of each
+/// saltable join over a plain scan is counted on the engine, keys above
+/// `sluice.skew.hot_key_share` of the rows are salted into
+/// `sluice.skew.buckets` buckets (see `sluice_sql::skew`). `EXPLAIN` shows
+/// the rewritten plan, preceded by one `sluice_skew` row per salted join.
+///
+/// # Errors
+/// As [`run_sql`].
+pub async fn run_sql_salted(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    use datafusion::arrow::array::{Array, StringArray};
+    use datafusion::functions_aggregate::expr_fn::count;
+    use datafusion::logical_expr::{LogicalPlan, col, lit};
+    use sluice_sql::options::SluiceOptions;
+
+    let df = ctx.sql(sql).await.map_err(Error::from_datafusion)?;
+    let opts = ctx
+        .state()
+        .config()
+        .options()
+        .extensions
+        .get::<SluiceOptions>()
+        .cloned()
+        .unwrap_or_default();
+    if !opts.skew_enabled {
+        return df.collect().await.map_err(Error::from_datafusion);
+    }
+    let (plan, explain) = match df.logical_plan() {
+        LogicalPlan::Explain(e) => (e.plan.as_ref().clone(), Some((e.verbose, false))),
+        LogicalPlan::Analyze(a) => (a.input.as_ref().clone(), Some((a.verbose, true))),
+        other => (other.clone(), None),
+    };
+    // Optimized first: equi-join keys are extracted from ON clauses and
+    // filters pushed into the scans by DataFusion's logical optimizer.
+    let plan = ctx.state().optimize(&plan).map_err(Error::from_datafusion)?;
+    let mut hot = std::collections::BTreeMap::new();
+    for c in sluice_sql::skew::join_candidates(&plan).map_err(Error::from_datafusion)? {
+        let input = DataFrame::new(ctx.state(), c.left);
+        let total = input.clone().count().await.map_err(Error::from_datafusion)?;
+        if total == 0 {
+            continue;
+        }
+        let top = input
+            .aggregate(vec![c.key.clone()], vec![count(lit(1)).alias("__n")])
+            .and_then(|d| d.sort(vec![col("__n").sort(false, true)]))
+            .and_then(|d| d.limit(0, Some(16)))
+            .map_err(Error::from_datafusion)?
+            .collect()
+            .await
+            .map_err(Error::from_datafusion)?;
+        let mut keys = Vec::new();
+        for b in &top {
+            let n = datafusion::arrow::compute::cast(
+                b.column(1),
+                &datafusion::arrow::datatypes::DataType::Int64,
+            )
+            .map_err(|e| Error::from_datafusion(e.into()))?;
+            let n = n
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .ok_or_else(|| Error::Sql { message: "hot-key count is not an integer".into() })?;
+            for i in 0..b.num_rows() {
+                if b.column(0).is_valid(i)
+                    && n.value(i) as f64 > opts.skew_hot_key_share * total as f64
+                {
+                    keys.push(
+                        datafusion::common::ScalarValue::try_from_array(b.column(0), i)
+                            .map_err(Error::from_datafusion)?,
+                    );
+                }
+            }
+        }
+        if !keys.is_empty() {
+            hot.insert(c.index, keys);
+        }
+    }
+    let (plan, notes) = sluice_sql::skew::salt_joins(plan, &hot, opts.skew_buckets)
+        .map_err(Error::from_datafusion)?;
+    let df = DataFrame::new(ctx.state(), plan);
+    let Some((verbose, analyze)) = explain else {
+        return df.collect().await.map_err(Error::from_datafusion);
+    };
+    let mut batches = df
+        .explain(verbose, analyze)
+        .map_err(Error::from_datafusion)?
+        .collect()
+        .await
+        .map_err(Error::from_datafusion)?;
+    if let (false, Some(first)) = (notes.is_empty(), batches.first()) {
+        let schema = first.schema();
+        let kinds = StringArray::from(vec!["sluice_skew"; notes.len()]);
+        let texts = StringArray::from(notes);
+        let cols: Vec<std::sync::Arc<dyn Array>> =
+            vec![std::sync::Arc::new(kinds), std::sync::Arc::new(texts)];
+        if schema.fields().len() == 2 {
+            let b =
+                RecordBatch::try_new(schema, cols).map_err(|e| Error::from_datafusion(e.into()))?;
+            batches.insert(0, b);
+        }
+    }
+    Ok(batches)
 }

@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 .map(|s| sluice_sql::session::parse_setting(s))
                 .collect::<Result<Vec<_>, _>>()?;
             let conn = sluice_client::connect(&target, &settings, &tables).await?;
-            let batches = sluice_client::run_sql(&conn.ctx, &sql).await?;
+            let batches = sluice_client::connect::run_sql_salted(&conn.ctx, &sql).await?;
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
             sluice_client::format::write(&mut lock, &batches, format)

@@ -15,6 +15,7 @@ pub mod error;
 pub mod job;
 pub mod options;
 pub mod session;
+pub mod skew;
 pub mod tables;
 pub mod tpch;
 pub mod udf;

@@ -81,7 +81,9 @@ pub fn scheduler_session_state(config: SessionConfig) -> DfResult<SessionState> 
         .with_config(config)
         .with_runtime_env(runtime)
         .with_optimizer_rules(ballista_default_optimizer_rules())
-        .with_scalar_functions(ballista_scalar_functions())
+        .with_scalar_functions(
+            ballista_scalar_functions().into_iter().chain(udf::scalar_functions()).collect(),
+        )
         .with_aggregate_functions(
             ballista_aggregate_functions().into_iter().chain(udf::aggregate_functions()).collect(),
         )
@@ -110,6 +112,9 @@ pub fn client_state(config: SessionConfig) -> DfResult<SessionState> {
 pub fn register_functions(ctx: &datafusion::prelude::SessionContext) {
     for f in udf::aggregate_functions() {
         ctx.register_udaf(f.as_ref().clone());
+    }
+    for f in udf::scalar_functions() {
+        ctx.register_udf(f.as_ref().clone());
     }
 }
 

@@ -3,9 +3,15 @@
 
 use std::sync::Arc;
 
-use datafusion::logical_expr::AggregateUDF;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
+pub mod salt;
 pub mod tiles;
+
+/// Sluice's scalar functions.
+pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
+    vec![Arc::new(ScalarUDF::from(salt::Salt::default()))]
+}
 
 /// Sluice's aggregate functions.
 pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {

@@ -290,38 +290,28 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
         sluice_client::verify::compare(&answers[1], &answers[0], true)
             .context("join+agg: salting on differs from off")?;
     }
-    let jget = |name: &str, skew: bool| joins.iter().find(|r| r.0 == name && r.1 == skew);
-    if let (Some((_, _, on)), Some((_, _, off))) = (jget("zipf", true), jget("zipf", false)) {
-        println!(
-            "join+agg zipf, skew on: max/median = {:.2} (target <= 2), largest share = {:.1}% (target <= 5%)",
-            on.max_task() as f64 / on.median_task().max(1.0),
-            100.0 * on.largest_share()
-        );
-        println!(
-            "RATIO join+agg zipf 64-slot makespan off/on = {:.1}x (target >= 5)",
-            off.makespan(64) as f64 / on.makespan(64).max(1) as f64
-        );
-        println!("RATIO join+agg zipf wall on/off = {:.2} (target <= 1.0)", on.wall / off.wall);
-    }
-    if let (Some((_, _, on)), Some((_, _, off))) = (jget("uniform", true), jget("uniform", false)) {
-        println!("RATIO join+agg uniform wall on/off = {:.2} (target <= 1.05)", on.wall / off.wall);
-    }
+    print_ratios("join+agg ", &joins);
+    print_ratios("", &results);
+    Ok(())
+}
 
-    let get = |name: &str, skew: bool| results.iter().find(|r| r.0 == name && r.1 == skew);
+/// The target lines of one benchmark: balance with skew handling on, and
+/// the on/off ratios on skewed and uniform data.
+fn print_ratios(label: &str, runs: &[(&str, bool, Measured)]) {
+    let get = |name: &str, skew: bool| runs.iter().find(|r| r.0 == name && r.1 == skew);
     if let (Some((_, _, on)), Some((_, _, off))) = (get("zipf", true), get("zipf", false)) {
         println!(
-            "zipf, skew on: max/median = {:.2} (target <= 2), largest share = {:.1}% (target <= 5%)",
+            "{label}zipf, skew on: max/median = {:.2} (target <= 2), largest share = {:.1}% (target <= 5%)",
             on.max_task() as f64 / on.median_task().max(1.0),
             100.0 * on.largest_share()
         );
         println!(
-            "RATIO zipf 64-slot makespan off/on = {:.1}x (target >= 5)",
+            "RATIO {label}zipf 64-slot makespan off/on = {:.1}x (target >= 5)",
             off.makespan(64) as f64 / on.makespan(64).max(1) as f64
         );
-        println!("RATIO zipf wall on/off = {:.2} (target <= 1.0)", on.wall / off.wall);
+        println!("RATIO {label}zipf wall on/off = {:.2} (target <= 1.0)", on.wall / off.wall);
     }
     if let (Some((_, _, on)), Some((_, _, off))) = (get("uniform", true), get("uniform", false)) {
-        println!("RATIO uniform wall on/off = {:.2} (target <= 1.05)", on.wall / off.wall);
+        println!("RATIO {label}uniform wall on/off = {:.2} (target <= 1.05)", on.wall / off.wall);
     }
-    Ok(())
 }

@@ -547,15 +547,7 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
     let conn = connect(&opts.target, &opts.settings, &tables).await?;
     validate_against_data(&conn.ctx, &spec, &spec_label).await?;
     let types = partial_types(&conn.ctx, &spec).await?;
-    let skew = conn
-        .ctx
-        .state()
-        .config()
-        .options()
-        .extensions
-        .get::<SluiceOptions>()
-        .cloned()
-        .unwrap_or_default();
+    let skew = sluice_sql::options::of_session(&conn.ctx);
     let plan_opts = plan::PlanOptions { combine_per_day: skew.skew_enabled };
     Ok(Prepared { spec, spec_label, out, conn, types, plan_opts, skew })
 }
@@ -621,7 +613,7 @@ async fn hot_keys_report(
             hot.push(format!(
                 "{}={} ({:.1}%)",
                 spec.entity.key,
-                key.value(i).to_string(),
+                key.value(i),
                 100.0 * n.value(i) as f64 / t.value(i).max(1) as f64
             ));
         }

@@ -129,17 +129,9 @@ pub async fn run_sql_salted(ctx: &SessionContext, sql: &str) -> Result<Vec<Recor
     use datafusion::arrow::array::{Array, StringArray};
     use datafusion::functions_aggregate::expr_fn::count;
     use datafusion::logical_expr::{LogicalPlan, col, lit};
-    use sluice_sql::options::SluiceOptions;
 
     let df = ctx.sql(sql).await.map_err(Error::from_datafusion)?;
-    let opts = ctx
-        .state()
-        .config()
-        .options()
-        .extensions
-        .get::<SluiceOptions>()
-        .cloned()
-        .unwrap_or_default();
+    let opts = sluice_sql::options::of_session(ctx);
     if !opts.skew_enabled {
         return df.collect().await.map_err(Error::from_datafusion);
     }

@@ -147,3 +147,8 @@ mod tests {
         assert!(err.to_string().contains("(0, 1)"), "{err}");
     }
 }
+
+/// The `sluice.*` options of a session (defaults when not registered).
+pub fn of_session(ctx: &datafusion::prelude::SessionContext) -> SluiceOptions {
+    ctx.state().config().options().extensions.get::<SluiceOptions>().cloned().unwrap_or_default()
+}

@@ -147,6 +147,8 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
         memory_pool_size: config.memory_limit.map(|b| b.as_u64()),
         override_config_producer: Some(Arc::new(sluice_sql::session::cluster_session_config)),
         override_runtime_producer: Some(runtime_producer),
+        // Decodes Sluice's plan nodes (the parallel partitioned write).
+        override_physical_codec: Some(Arc::new(sluice_sql::write::SluiceCodec::default())),
         // Plans name Sluice's functions (e.g. the backfill's feature tiles).
         override_function_registry: Some(Arc::new(BallistaFunctionRegistry::from(
             &sluice_sql::session::scheduler_session_state(

@@ -41,6 +41,10 @@ struct Args {
     /// Execution memory (spills above it), e.g. 512MiB or 2GiB.
     #[arg(long, env = "SLUICE_MEMORY_LIMIT", value_name = "SIZE")]
     memory_limit: Option<ByteSize>,
+    /// Seconds between heartbeats to the scheduler; keep it well inside the
+    /// scheduler's `--executor-timeout-seconds`.
+    #[arg(long, value_name = "SECONDS")]
+    heartbeat_interval_seconds: Option<u64>,
     /// Log line format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_name = "text|json")]
     log_format: Option<LogFormat>,
@@ -90,6 +94,12 @@ fn config_from(args: Args) -> Result<ExecutorConfig, String> {
     }
     if let Some(v) = args.log_format {
         config.log_format = v;
+    }
+    if let Some(v) = args.heartbeat_interval_seconds {
+        if v == 0 {
+            return Err("--heartbeat-interval-seconds must be at least 1".to_string());
+        }
+        config.heartbeat_interval_seconds = v;
     }
     Ok(config)
 }

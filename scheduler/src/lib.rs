@@ -77,6 +77,7 @@ fn ballista_config(config: &SchedulerProcessConfig, endpoint: &HostPort) -> Sche
         event_log_dir: config.event_log_dir.clone(),
         override_config_producer: Some(Arc::new(sluice_sql::session::cluster_session_config)),
         override_session_builder: Some(session_builder),
+        override_physical_codec: Some(Arc::new(sluice_sql::write::SluiceCodec::default())),
         ..SchedulerConfig::default()
     }
 }

@@ -5,7 +5,8 @@
 //! configuration and runtime environment each process builds
 //! ([`session`]), how a `NAME=PATH[:FORMAT]` table source is parsed and
 //! registered ([`tables`]), and the TPC-H query texts used by tests and
-//! benchmarks ([`tpch`]).
+//! benchmarks ([`tpch`]), and the parallel partitioned write every process
+//! plans and decodes alike ([`write`]).
 //!
 //! Ballista drops unknown configuration keys silently on the scheduler and
 //! executors, so every process must build its `SessionConfig` through
@@ -19,6 +20,7 @@ pub mod skew;
 pub mod tables;
 pub mod tpch;
 pub mod udf;
+pub mod write;
 
 pub use error::{Error, Result};
 pub use options::SluiceOptions;

@@ -88,6 +88,7 @@ pub fn scheduler_session_state(config: SessionConfig) -> DfResult<SessionState> 
             ballista_aggregate_functions().into_iter().chain(udf::aggregate_functions()).collect(),
         )
         .with_window_functions(ballista_window_functions())
+        .with_query_planner(Arc::new(crate::write::SluiceQueryPlanner))
         .build())
 }
 
@@ -105,6 +106,9 @@ pub fn client_state(config: SessionConfig) -> DfResult<SessionState> {
                 .chain(udf::aggregate_functions())
                 .collect(),
         )
+        // Local runs (`--local`) plan partitioned writes in parallel too; a
+        // remote session replaces this with Ballista's planner.
+        .with_query_planner(Arc::new(crate::write::SluiceQueryPlanner))
         .build())
 }
 

@@ -11,7 +11,7 @@
 //! L ⋈ R ON l.k = r.k
 //!   → L' ⋈ R' ON l.k = r.k AND L'.salt = R'.salt, then the original columns
 //! L' = L + salt: sluice_salt(S, row) when k is hot, else 0
-//! R' = R WHERE k is cold, salt 0  ∪  (R WHERE k is hot) × salts 0..S-1
+//! R' = R + salt: unnest([0, 1, …, S-1]) when k is hot, else 0
 //! ```
 //!
 //! so a hot key's left rows spread over S shuffle partitions, each meeting a
@@ -29,6 +29,8 @@ use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::{
     Expr, JoinType, LogicalPlan, LogicalPlanBuilder, ScalarUDF, col, lit, when,
 };
+
+use datafusion::functions_nested::expr_fn::make_array;
 
 use crate::udf::salt::Salt;
 
@@ -110,15 +112,6 @@ pub fn salt_joins(
         let Some(keys) = hot.get(&i).filter(|k| !k.is_empty()) else {
             return Ok(Transformed::no(p));
         };
-        // A union drops column qualifiers; the salted right side is aliased
-        // back to its one qualifier (skipped when it has several).
-        let qualifiers: Vec<_> = j.right.schema().iter().map(|(q, _)| q.cloned()).collect();
-        let Some(Some(qualifier)) = qualifiers.first().cloned() else {
-            return Ok(Transformed::no(p));
-        };
-        if qualifiers.iter().any(|q| q.as_ref() != Some(&qualifier)) {
-            return Ok(Transformed::no(p));
-        }
         let (lk, rk) = j.on[0].clone();
         let is_hot = |k: Expr| k.in_list(keys.iter().cloned().map(lit).collect(), false);
         let (ls, rs) = (format!("__sluice_salt_l{i}"), format!("__sluice_salt_r{i}"));
@@ -133,38 +126,48 @@ pub fn salt_joins(
         );
         let left = LogicalPlanBuilder::from(j.left.as_ref().clone()).project(left_proj)?.build()?;
 
-        let right_cols: Vec<Expr> =
+        // One pass over the right side: each row carries the list of its
+        // salts ([0..S) for a hot key, [0] otherwise) and is unnested into one
+        // row per salt. (A union of the cold rows and the replicated hot rows
+        // computed the right side twice, and Ballista fails a stage whose
+        // tasks run union branches with different operator counts: "task
+        // metrics array size 11 does not equal … 10".)
+        let salts_col = format!("__sluice_salts_r{i}");
+        let all = make_array((0..i64::from(buckets)).map(lit).collect());
+        let mut right_proj: Vec<Expr> =
             j.right.schema().columns().into_iter().map(Expr::Column).collect();
-        let mut cold_proj = right_cols.clone();
-        cold_proj.push(lit(0i64).alias(&rs));
-        let cold = LogicalPlanBuilder::from(j.right.as_ref().clone())
-            .filter(Expr::Not(Box::new(is_hot(rk.clone()))))?
-            .project(cold_proj)?
+        right_proj.push(
+            when(is_hot(rk.clone()), all).otherwise(make_array(vec![lit(0i64)]))?.alias(&salts_col),
+        );
+        let right = LogicalPlanBuilder::from(j.right.as_ref().clone())
+            .project(right_proj)?
+            .unnest_column(salts_col.as_str())?
             .build()?;
-        let salts =
-            LogicalPlanBuilder::values((0..i64::from(buckets)).map(|b| vec![lit(b)]).collect())?
-                .project(vec![col("column1").alias(&rs)])?
-                .build()?;
-        let mut hot_proj = right_cols;
-        hot_proj.push(col(&rs));
-        let replicated = LogicalPlanBuilder::from(j.right.as_ref().clone())
-            .filter(is_hot(rk.clone()))?
-            .cross_join(salts)?
-            .project(hot_proj)?
-            .build()?;
-        let right =
-            LogicalPlanBuilder::from(cold).union(replicated)?.alias(qualifier.clone())?.build()?;
+        let mut renamed: Vec<Expr> = right
+            .schema()
+            .columns()
+            .into_iter()
+            .filter(|c| c.name != salts_col)
+            .map(Expr::Column)
+            .collect();
+        renamed.push(col(salts_col.as_str()).alias(&rs));
+        let right = LogicalPlanBuilder::from(right).project(renamed)?.build()?;
 
         let restore: Vec<Expr> = j.schema.columns().into_iter().map(Expr::Column).collect();
-        let joined = LogicalPlanBuilder::from(left)
+        let mut salted = LogicalPlanBuilder::from(left)
             .join_with_expr_keys(
                 right,
                 j.join_type,
                 (vec![lk.clone(), col(&ls)], vec![rk, col(&rs)]),
                 j.filter.clone(),
             )?
-            .project(restore)?
             .build()?;
+        // Set operations (EXCEPT, INTERSECT) join with NULL equal to NULL;
+        // the builder's default (NULL matches nothing) would change them.
+        if let LogicalPlan::Join(salted) = &mut salted {
+            salted.null_equality = j.null_equality;
+        }
+        let joined = LogicalPlanBuilder::from(salted).project(restore)?.build()?;
         let shown: Vec<String> = keys.iter().map(ToString::to_string).collect();
         notes.push(format!(
             "salted {} join on {lk} into {buckets} buckets; hot keys: {}",

@@ -135,17 +135,26 @@ impl TestCluster {
         vcores: usize,
         executor_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_full(executors, vcores, &[], executor_args)
+    }
+
+    /// As [`TestCluster::start`], with extra scheduler and executor flags.
+    pub fn start_full(
+        executors: usize,
+        vcores: usize,
+        scheduler_args: &[&str],
+        executor_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("sluice-test-cluster-").tempdir()?;
         let deadline = Duration::from_secs(60);
         let scheduler = Proc::spawn(
             "scheduler",
             &bin("sluice-scheduler"),
-            &[
-                "--bind".into(),
-                "127.0.0.1:0".into(),
-                "--min-ready-executors".into(),
-                executors.to_string(),
-            ],
+            &["--bind", "127.0.0.1:0", "--min-ready-executors", &executors.to_string()]
+                .iter()
+                .chain(scheduler_args)
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
             dir.path(),
             deadline,
         )?;

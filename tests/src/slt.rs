@@ -36,6 +36,8 @@ impl EngineKind {
 pub struct Engine {
     ctx: SessionContext,
     name: &'static str,
+    /// Statements go through `sluice sql`'s salted path (cluster engine).
+    salted: bool,
 }
 
 impl Engine {
@@ -54,7 +56,8 @@ impl Engine {
                 conn.ctx
             }
         };
-        Ok(Self { ctx, name: kind.name() })
+        let salted = matches!(kind, EngineKind::Cluster { .. });
+        Ok(Self { ctx, name: kind.name(), salted })
     }
 }
 
@@ -144,9 +147,19 @@ impl sqllogictest::AsyncDB for Engine {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, DataFusionError> {
-        let df = self.ctx.sql(sql).await?;
-        let schema_is_empty = df.schema().fields().is_empty();
-        let batches = df.collect().await?;
+        let (schema_is_empty, batches) = if self.salted {
+            // The cluster runs what `sluice sql` runs: hot-key salting of
+            // joins when `sluice.skew.enabled`. Planned once first (without
+            // running DDL) to tell statements from queries.
+            let plan = self.ctx.state().create_logical_plan(sql).await?;
+            let batches = sluice_client::connect::run_sql_salted(&self.ctx, sql)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            (plan.schema().fields().is_empty(), batches)
+        } else {
+            let df = self.ctx.sql(sql).await?;
+            (df.schema().fields().is_empty(), df.collect().await?)
+        };
         if schema_is_empty {
             return Ok(DBOutput::StatementComplete(0));
         }
@@ -209,9 +222,13 @@ pub async fn run_file(path: &Path, kind: &EngineKind) -> anyhow::Result<usize> {
     let mut runner = runner(kind);
     runner.add_label(kind.name());
     let mut queries = 0;
+    let trace = std::env::var("SLUICE_SLT_TRACE").is_ok_and(|v| v == "1");
     for record in parse(path)? {
         if matches!(record, Record::Query { .. }) {
             queries += 1;
+        }
+        if trace {
+            eprintln!("[{}] {record}", kind.name());
         }
         runner
             .run_async(record)

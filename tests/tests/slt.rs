@@ -18,8 +18,18 @@ fn run_all(kind: &EngineKind) -> usize {
     let mut failures = Vec::new();
     let mut queries = 0;
     for f in &files {
+        let started = std::time::Instant::now();
+        eprintln!("[{}] {} …", kind.name(), f.display());
         match rt.block_on(run_file(f, kind)) {
-            Ok(n) => queries += n,
+            Ok(n) => {
+                eprintln!(
+                    "[{}] {}: {n} queries in {:?}",
+                    kind.name(),
+                    f.display(),
+                    started.elapsed()
+                );
+                queries += n
+            }
             Err(e) => failures.push(format!("{}:\n{e:#}", f.display())),
         }
     }

@@ -564,11 +564,19 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
         return Ok(String::new());
     };
     let sql = plan::chunk_query(&spec, first, last, &types, &plan_opts);
-    let verb = if analyze { "EXPLAIN ANALYZE" } else { "EXPLAIN" };
-    let batches = run_sql(&conn.ctx, &format!("{verb} {sql}")).await?;
     let mut text = format!("-- chunk {first}..{last}\n");
     text.push_str(&hot_keys_report(&conn.ctx, &spec, first, last, &skew).await?);
     text.push_str(&format!("{sql}\n\n"));
+    if let (true, Some(scheduler)) = (analyze, &conn.scheduler) {
+        // Ballista cannot EXPLAIN ANALYZE this plan, and its adaptive planner
+        // picks join strategies (broadcast or partitioned) only at run time:
+        // run the chunk's write and show the plan the scheduler executed.
+        let copy = |dir: &str| plan::copy_statement(&spec, first, last, &types, &plan_opts, dir);
+        text.push_str(&executed_plan(&conn.ctx, scheduler, copy).await?);
+        return Ok(text);
+    }
+    let verb = if analyze { "EXPLAIN ANALYZE" } else { "EXPLAIN" };
+    let batches = run_sql(&conn.ctx, &format!("{verb} {sql}")).await?;
     for b in &batches {
         let (Some(kind), Some(plan)) =
             (b.column(0).as_string_opt::<i32>(), b.column(1).as_string_opt::<i32>())
@@ -579,6 +587,70 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
             text.push_str(&format!("{}:\n{}\n\n", kind.value(i), plan.value(i)));
         }
     }
+    Ok(text)
+}
+
+/// Runs `copy` (a chunk's `COPY` into the folder it is given) into a
+/// throwaway folder on the cluster, then returns the physical plan the
+/// scheduler executed (its REST API, `/api/job/{id}`), preceded by one line
+/// per broadcast join (`HashJoinExec: mode=CollectLeft`, whose build side
+/// every task reads whole).
+async fn executed_plan(
+    ctx: &SessionContext,
+    scheduler: &sluice_proto::HostPort,
+    copy: impl Fn(&str) -> String,
+) -> Result<String> {
+    let dir = tempfile::Builder::new()
+        .prefix("sluice-explain-")
+        .tempdir()
+        .map_err(|e| io_err(&std::env::temp_dir(), e))?;
+    let job_name = format!(
+        "sluice-explain-{}",
+        dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    );
+    run_sql(ctx, &format!("SET ballista.job.name = '{job_name}'")).await?;
+    run_sql(ctx, &copy(&format!("{}/", dir.path().display()))).await?;
+    let rest = |path: String| async move {
+        let addr = scheduler.to_string();
+        match crate::http::get(&addr, &path, std::time::Duration::from_secs(10)).await {
+            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).map_err(|e| {
+                Error::Sql { message: format!("scheduler {addr}{path}: not JSON: {e}") }
+            }),
+            Ok((status, body)) => Err(Error::Sql {
+                message: format!("scheduler {addr}{path}: HTTP {status}: {}", body.trim()),
+            }),
+            Err(e) => Err(Error::SchedulerUnreachable {
+                addr: scheduler.clone(),
+                reason: format!("REST API {path}: {e}"),
+            }),
+        }
+    };
+    let jobs = rest("/api/jobs".to_string()).await?;
+    let Some(id) = jobs.as_array().into_iter().flatten().find_map(|j| {
+        (j["job_name"].as_str() == Some(job_name.as_str()))
+            .then(|| j["job_id"].as_str().map(str::to_string))
+            .flatten()
+    }) else {
+        return Err(Error::Sql {
+            message: format!("the scheduler has no job named {job_name} (its REST API is off?)"),
+        });
+    };
+    let job = rest(format!("/api/job/{id}")).await?;
+    let physical = job["physical_plan"].as_str().unwrap_or_default();
+    let lines: Vec<&str> = physical.lines().collect();
+    let mut text = format!("-- executed plan of job {id} (adaptive join decisions resolved)\n");
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(join) = line.trim().strip_prefix("HashJoinExec: mode=CollectLeft") {
+            let join_type =
+                join.split(", ").find_map(|p| p.strip_prefix("join_type=")).unwrap_or("?");
+            let build = lines.get(i + 1).map(|l| l.trim()).unwrap_or_default();
+            let build: String = build.chars().take(160).collect();
+            text.push_str(&format!(
+                "-- broadcast join ({join_type}): every task reads the build side whole: {build}\n"
+            ));
+        }
+    }
+    text.push_str(&format!("\n{physical}\n"));
     Ok(text)
 }
 

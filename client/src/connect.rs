@@ -128,7 +128,9 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>
 pub async fn run_sql_salted(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     use datafusion::arrow::array::{Array, StringArray};
     use datafusion::functions_aggregate::expr_fn::count;
-    use datafusion::logical_expr::{LogicalPlan, col, lit};
+    use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::logical_expr::expr::WindowFunction;
+    use datafusion::logical_expr::{Expr, LogicalPlan, WindowFunctionDefinition, col, lit};
 
     let df = ctx.sql(sql).await.map_err(Error::from_datafusion)?;
     let opts = sluice_sql::options::of_session(ctx);
@@ -145,26 +147,39 @@ pub async fn run_sql_salted(ctx: &SessionContext, sql: &str) -> Result<Vec<Recor
     let plan = ctx.state().optimize(&plan).map_err(Error::from_datafusion)?;
     let mut hot = std::collections::BTreeMap::new();
     for c in sluice_sql::skew::join_candidates(&plan).map_err(Error::from_datafusion)? {
-        let input = DataFrame::new(ctx.state(), c.left);
-        let total = input.clone().count().await.map_err(Error::from_datafusion)?;
-        if total == 0 {
-            continue;
-        }
-        let top = input
+        // One job: the key counts, their total (a window over the groups)
+        // and the 16 largest.
+        let total_over_groups = Expr::WindowFunction(Box::new(WindowFunction::new(
+            WindowFunctionDefinition::AggregateUDF(sum_udaf()),
+            vec![col("__n")],
+        )))
+        .alias("__total");
+        let top = DataFrame::new(ctx.state(), c.left)
             .aggregate(vec![c.key.clone()], vec![count(lit(1)).alias("__n")])
+            .and_then(|d| d.window(vec![total_over_groups]))
             .and_then(|d| d.sort(vec![col("__n").sort(false, true)]))
             .and_then(|d| d.limit(0, Some(16)))
             .map_err(Error::from_datafusion)?
             .collect()
             .await
             .map_err(Error::from_datafusion)?;
+        let as_i64 = |a: &std::sync::Arc<dyn Array>| -> Result<std::sync::Arc<dyn Array>> {
+            datafusion::arrow::compute::cast(a, &datafusion::arrow::datatypes::DataType::Int64)
+                .map_err(|e| Error::from_datafusion(e.into()))
+        };
+        let mut total = 0i64;
+        for b in &top {
+            let t = as_i64(b.column(2))?;
+            if let Some(t) = t.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>() {
+                total = total.max(t.iter().flatten().max().unwrap_or(0));
+            }
+        }
+        if total == 0 {
+            continue;
+        }
         let mut keys = Vec::new();
         for b in &top {
-            let n = datafusion::arrow::compute::cast(
-                b.column(1),
-                &datafusion::arrow::datatypes::DataType::Int64,
-            )
-            .map_err(|e| Error::from_datafusion(e.into()))?;
+            let n = as_i64(b.column(1))?;
             let n = n
                 .as_any()
                 .downcast_ref::<datafusion::arrow::array::Int64Array>()

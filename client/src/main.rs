@@ -93,7 +93,9 @@ enum Command {
         /// Print the first chunk's SQL and plan instead of running the backfill.
         #[arg(long)]
         explain: bool,
-        /// With --explain: run the first chunk's query and print the plan with its metrics.
+        /// With --explain: run the first chunk. On a cluster its write goes to a throwaway
+        /// folder and the plan the scheduler executed is printed (with the broadcast joins
+        /// its adaptive planner chose); with --local, EXPLAIN ANALYZE (plan and metrics).
         #[arg(long, requires = "explain")]
         analyze: bool,
         /// Folder the spec's source paths are relative to (default: the spec's folder).

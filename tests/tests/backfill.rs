@@ -512,6 +512,23 @@ fn skewed_backfill_is_equal_with_skew_handling_on_and_off() {
 
     let cluster = TestCluster::start(2, 2).expect("cluster");
     let target = Target::Scheduler(cluster.scheduler_addr().parse().expect("addr"));
+
+    // On the cluster, --explain --analyze runs the first chunk and shows the
+    // plan the scheduler executed: the users join broadcast, and the hot users.
+    let unused = tmp.path().join("unused-cluster");
+    let explain_opts = options(&data, &unused, target.clone(), "2024-02-01", "2024-02-10");
+    let text = rt
+        .block_on(sluice_client::backfill::explain(&explain_opts, true))
+        .unwrap_or_else(|e| panic!("explain --analyze: {e}\n{}", cluster.logs()));
+    assert!(text.contains("hot keys") && text.contains("user_id=1 ("), "{text}");
+    let broadcast = text
+        .lines()
+        .find(|l| l.starts_with("-- broadcast join (Right)"))
+        .unwrap_or_else(|| panic!("no broadcast join in the executed plan:\n{text}"));
+    assert!(broadcast.contains("users"), "the broadcast side is not users: {broadcast}");
+    assert!(text.contains("HashJoinExec: mode=CollectLeft, join_type=Right"), "{text}");
+    assert!(!unused.exists(), "--explain --analyze wrote to the output");
+
     let mut outs = Vec::new();
     for skew in ["true", "false"] {
         let out = tmp.path().join(format!("out-skew-{skew}"));

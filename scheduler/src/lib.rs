@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod error;
+pub mod recovery;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -104,6 +105,10 @@ pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> 
     let cluster = BallistaCluster::new_from_config(&ballista)
         .await
         .map_err(|source| Error::Server { source })?;
+    let cluster = BallistaCluster::new(
+        Arc::new(recovery::RecoveringClusterState::new(cluster.cluster_state())),
+        cluster.job_state(),
+    );
     let server = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(ballista))
         .await
         .map_err(|source| Error::Server { source })?;

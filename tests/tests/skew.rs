@@ -316,7 +316,7 @@ fn executor_killed_mid_salted_job(adaptive: bool) {
             new.sort_by_key(|j| j.3);
             if let Some((id, status, done, _)) = new.get(1)
                 && status == "Running"
-                && *done >= 1
+                && *done >= 2
             {
                 killed_during = Some((id.clone(), *done));
                 cluster.executors[1].kill();
@@ -344,6 +344,12 @@ fn executor_killed_mid_salted_job(adaptive: bool) {
     // The scheduler saw the loss while the job ran, and the killed executor
     // had run tasks: its work and shuffle files were lost.
     let scheduler_log = cluster.scheduler.log_text();
+    eprintln!(
+        "killed during {job} after {done} stage(s); recovery repairs: leaked vcores returned {} \
+         time(s), stale shuffle inputs dropped {} time(s)",
+        scheduler_log.matches("returning vcores held by no running task").count(),
+        scheduler_log.matches("dropped shuffle locations of map tasks that were rerun").count()
+    );
     assert!(
         scheduler_log.contains("Removing executor"),
         "the scheduler never removed the killed executor:\n{}",

@@ -1,0 +1,360 @@
+//! Executor-loss recovery that Ballista 55 gets wrong, fixed from the
+//! scheduler's [`ClusterState`] seam.
+//!
+//! When an executor dies, Ballista resets the tasks it ran, reruns the map
+//! tasks whose shuffle output it held, and rolls running stages that read
+//! that output back to `UnResolved`. Two things then go wrong, both
+//! reproduced by `tests/tests/skew.rs` (an executor SIGKILLed mid-job):
+//!
+//! 1. **Leaked vcores.** Tasks of a rolled-back stage still running on a
+//!    *surviving* executor report to a stage that no longer knows them; the
+//!    refund is 0 and the executor's vcores are gone for good. With few vcores
+//!    per executor the job never gets a slot again and stalls.
+//! 2. **Rows read twice.** A rolled-back stage reruns *every* task when it
+//!    runs again, but the stages reading it keep the shuffle locations of its
+//!    first attempt's tasks that ran elsewhere and add the rerun's. Readers
+//!    then read some map outputs twice (counts 14% too high in the test).
+//!
+//! [`RecoveringClusterState`] wraps any [`ClusterState`]:
+//!
+//! * it keeps its own copy of each executor's free vcores and, whenever
+//!   vcores are returned or tasks bound, returns `total − free − vcores of
+//!   tasks the job graphs count as running` (vcores held by no task); refunds
+//!   are capped at the executor's total, so a stale refund cannot
+//!   oversubscribe it;
+//! * before binding tasks of a newly running stage, it keeps only the input
+//!   shuffle locations written by a task that the input stage still counts
+//!   as successful (task id and executor), once each.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ballista_core::JobId;
+use ballista_core::error::Result;
+use ballista_core::execution_plans::ShuffleReaderExec;
+use ballista_core::serde::protobuf::{ExecutorHeartbeat, task_status};
+use ballista_core::serde::scheduler::{ExecutorData, ExecutorMetadata, PartitionLocation};
+use ballista_scheduler::cluster::{BoundTask, ClusterState, ClusterStateEventStream, ExecutorSlot};
+use ballista_scheduler::config::TaskDistributionPolicy;
+use ballista_scheduler::state::execution_graph::ExecutionGraph;
+use ballista_scheduler::state::execution_stage::RunningStage;
+use ballista_scheduler::state::task_manager::JobInfoCache;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::physical_plan::ExecutionPlan;
+
+type ActiveJobs = Arc<HashMap<JobId, JobInfoCache>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Budget {
+    total: u32,
+    free: u32,
+}
+
+#[derive(Default)]
+struct Books {
+    budgets: HashMap<String, Budget>,
+    /// Bumped on every bind: a reconciliation that saw the graphs before a
+    /// bind must not compare them with free vcores after it.
+    binds: u64,
+    /// The running jobs handed to the latest bind (their graphs are shared,
+    /// so running tasks stay current; a job that started later has run no
+    /// task before the next bind hands over a new snapshot).
+    jobs: Option<ActiveJobs>,
+    /// Running stages whose inputs were already checked:
+    /// (job, stage, attempt, plan address).
+    checked: HashSet<(JobId, usize, usize, usize)>,
+}
+
+/// A [`ClusterState`] that repairs what an executor loss leaves behind.
+pub struct RecoveringClusterState {
+    inner: Arc<dyn ClusterState>,
+    books: Mutex<Books>,
+}
+
+impl RecoveringClusterState {
+    pub fn new(inner: Arc<dyn ClusterState>) -> Self {
+        Self { inner, books: Mutex::new(Books::default()) }
+    }
+
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
+        self.books.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns leaked vcores of `executors` (all when `None`).
+    async fn reconcile(&self, executors: Option<&HashSet<String>>) -> Result<()> {
+        let (binds, jobs) = {
+            let books = self.books();
+            (books.binds, books.jobs.clone())
+        };
+        let Some(jobs) = jobs else { return Ok(()) };
+        let running = running_vcores(&jobs).await;
+        let leaks: Vec<ExecutorSlot> = {
+            let mut books = self.books();
+            if books.binds != binds {
+                return Ok(());
+            }
+            books
+                .budgets
+                .iter_mut()
+                .filter(|(id, _)| executors.is_none_or(|only| only.contains(*id)))
+                .filter_map(|(id, budget)| {
+                    let held = running.get(id).copied().unwrap_or(0);
+                    let leaked = budget.total.saturating_sub(budget.free).saturating_sub(held);
+                    (leaked > 0).then(|| {
+                        budget.free += leaked;
+                        (id.clone(), leaked)
+                    })
+                })
+                .collect()
+        };
+        for (executor, leaked) in &leaks {
+            tracing::warn!(
+                executor = %executor,
+                vcores = leaked,
+                "returning vcores held by no running task (a task of a rolled-back stage)"
+            );
+        }
+        if leaks.is_empty() { Ok(()) } else { self.inner.unbind_tasks(leaks).await }
+    }
+}
+
+impl RecoveringClusterState {
+    /// Drops stale input locations from stages about to run their tasks.
+    async fn repair_stage_inputs(&self, jobs: &ActiveJobs) {
+        let mut checked = std::mem::take(&mut self.books().checked);
+        checked.retain(|(job, ..)| jobs.contains_key(job));
+        for (job_id, job) in jobs.iter() {
+            let mut graph = job.execution_graph.write().await;
+            let written = successful_outputs(graph.as_ref());
+            let mut seen = Vec::new();
+            while let Some(stage) = graph.fetch_running_stage(&seen) {
+                seen.push(stage.stage_id);
+                let key = |stage: &RunningStage| {
+                    let plan = Arc::as_ptr(&stage.plan).cast::<()>() as usize;
+                    (job_id.clone(), stage.stage_id, stage.stage_attempt_num, plan)
+                };
+                if checked.contains(&key(stage)) {
+                    continue;
+                }
+                match drop_stale_inputs(stage, &written) {
+                    Ok(0) => {}
+                    Ok(dropped) => tracing::warn!(
+                        job = %job_id,
+                        stage = stage.stage_id,
+                        dropped,
+                        "dropped shuffle locations of map tasks that were rerun after an executor loss"
+                    ),
+                    Err(e) => tracing::error!(
+                        job = %job_id,
+                        stage = stage.stage_id,
+                        error = %e,
+                        "could not check the stage's shuffle inputs"
+                    ),
+                }
+                checked.insert(key(stage));
+            }
+        }
+        self.books().checked = checked;
+    }
+}
+
+/// Per stage, the (task id, executor) of each task it counts as successful:
+/// the only writers of shuffle output its readers may use.
+fn successful_outputs(graph: &dyn ExecutionGraph) -> HashMap<usize, HashSet<(usize, String)>> {
+    graph
+        .stages()
+        .iter()
+        .filter_map(|(id, stage)| {
+            let tasks = stage.task_infos()?;
+            let written = tasks
+                .iter()
+                .filter_map(|t| match &t.task_status {
+                    task_status::Status::Successful(done) => {
+                        Some((t.task_id, done.executor_id.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            Some((*id, written))
+        })
+        .collect()
+}
+
+/// Keeps, in `stage`'s inputs and in its plan's shuffle readers, only
+/// locations written by a task in `written`, once each. Ballista names a
+/// location's map partition after the task that wrote it. An input with no
+/// valid location at all is left alone (nothing to tell stale from fresh).
+/// Returns how many locations it dropped from the plan.
+fn drop_stale_inputs(
+    stage: &mut RunningStage,
+    written: &HashMap<usize, HashSet<(usize, String)>>,
+) -> datafusion::error::Result<usize> {
+    let usable = |input: usize, locations: &[PartitionLocation]| {
+        written.get(&input).is_some_and(|tasks| {
+            locations
+                .iter()
+                .any(|l| tasks.contains(&(l.map_partition_id, l.executor_meta.id.clone())))
+        })
+    };
+    for (input, output) in &mut stage.inputs {
+        let all: Vec<PartitionLocation> =
+            output.partition_locations.values().flatten().cloned().collect();
+        if !usable(*input, &all) {
+            continue;
+        }
+        for locations in output.partition_locations.values_mut() {
+            keep_written(locations, &written[input]);
+        }
+    }
+    let mut dropped = 0;
+    let plan = Arc::clone(&stage.plan).transform_up(|node| {
+        let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let all: Vec<PartitionLocation> = reader.partition.iter().flatten().cloned().collect();
+        if !usable(reader.stage_id, &all) {
+            return Ok(Transformed::no(node));
+        }
+        let mut fixed = reader.clone();
+        let before = dropped;
+        for locations in &mut fixed.partition {
+            dropped += keep_written(locations, &written[&reader.stage_id]);
+        }
+        if dropped == before {
+            return Ok(Transformed::no(node));
+        }
+        Ok(Transformed::yes(Arc::new(fixed) as Arc<dyn ExecutionPlan>))
+    })?;
+    if plan.transformed {
+        stage.plan = plan.data;
+    }
+    Ok(dropped)
+}
+
+/// Keeps locations written by a task in `written`, the first of each
+/// (output partition, task, executor); returns how many it removed.
+fn keep_written(
+    locations: &mut Vec<PartitionLocation>,
+    written: &HashSet<(usize, String)>,
+) -> usize {
+    let before = locations.len();
+    let mut seen = HashSet::new();
+    locations.retain(|l| {
+        let writer = (l.map_partition_id, l.executor_meta.id.clone());
+        written.contains(&writer) && seen.insert((l.partition_id.partition_id, writer))
+    });
+    before - locations.len()
+}
+
+/// Vcores of every task the graphs count as running, per executor.
+async fn running_vcores(jobs: &ActiveJobs) -> HashMap<String, u32> {
+    let mut held: HashMap<String, u32> = HashMap::new();
+    for job in jobs.values() {
+        let graph = job.execution_graph.read().await;
+        for task in graph.running_tasks() {
+            let vcores = graph.task_vcores(task.stage_id, task.task_id).unwrap_or(1);
+            *held.entry(task.executor_id).or_default() += vcores;
+        }
+    }
+    held
+}
+
+#[async_trait::async_trait]
+impl ClusterState for RecoveringClusterState {
+    async fn init(&self) -> Result<()> {
+        self.inner.init().await
+    }
+
+    async fn bind_schedulable_tasks(
+        &self,
+        distribution: TaskDistributionPolicy,
+        active_jobs: ActiveJobs,
+        executors: Option<HashSet<String>>,
+    ) -> Result<Vec<BoundTask>> {
+        self.books().jobs = Some(active_jobs.clone());
+        self.repair_stage_inputs(&active_jobs).await;
+        self.reconcile(executors.as_ref()).await?;
+        let bound = self.inner.bind_schedulable_tasks(distribution, active_jobs, executors).await?;
+        let mut books = self.books();
+        books.binds += 1;
+        for (executor, task) in &bound {
+            if let Some(budget) = books.budgets.get_mut(executor) {
+                budget.free = budget.free.saturating_sub(task.vcores_consumed);
+            }
+        }
+        Ok(bound)
+    }
+
+    async fn unbind_tasks(&self, executor_slots: Vec<ExecutorSlot>) -> Result<()> {
+        let (capped, touched) = {
+            let mut books = self.books();
+            let mut touched = HashSet::new();
+            let capped: Vec<ExecutorSlot> = executor_slots
+                .into_iter()
+                .map(|(executor, vcores)| {
+                    let vcores = match books.budgets.get_mut(&executor) {
+                        Some(budget) => {
+                            let refund = vcores.min(budget.total - budget.free);
+                            budget.free += refund;
+                            refund
+                        }
+                        None => vcores,
+                    };
+                    touched.insert(executor.clone());
+                    (executor, vcores)
+                })
+                .collect();
+            (capped, touched)
+        };
+        self.inner.unbind_tasks(capped).await?;
+        self.reconcile(Some(&touched)).await
+    }
+
+    async fn register_executor(
+        &self,
+        metadata: ExecutorMetadata,
+        spec: ExecutorData,
+    ) -> Result<()> {
+        let id = spec.executor_id.clone();
+        let budget = Budget {
+            total: spec.total_vcores.max(spec.available_vcores),
+            free: spec.available_vcores,
+        };
+        self.inner.register_executor(metadata, spec).await?;
+        self.books().budgets.insert(id, budget);
+        Ok(())
+    }
+
+    async fn save_executor_metadata(&self, metadata: ExecutorMetadata) -> Result<()> {
+        self.inner.save_executor_metadata(metadata).await
+    }
+
+    async fn get_executor_metadata(&self, executor_id: &str) -> Result<ExecutorMetadata> {
+        self.inner.get_executor_metadata(executor_id).await
+    }
+
+    async fn registered_executor_metadata(&self) -> Vec<ExecutorMetadata> {
+        self.inner.registered_executor_metadata().await
+    }
+
+    async fn save_executor_heartbeat(&self, heartbeat: ExecutorHeartbeat) -> Result<()> {
+        self.inner.save_executor_heartbeat(heartbeat).await
+    }
+
+    async fn remove_executor(&self, executor_id: &str) -> Result<()> {
+        self.books().budgets.remove(executor_id);
+        self.inner.remove_executor(executor_id).await
+    }
+
+    fn executor_heartbeats(&self) -> HashMap<String, ExecutorHeartbeat> {
+        self.inner.executor_heartbeats()
+    }
+
+    fn get_executor_heartbeat(&self, executor_id: &str) -> Option<ExecutorHeartbeat> {
+        self.inner.get_executor_heartbeat(executor_id)
+    }
+
+    async fn cluster_state_events(&self) -> Result<ClusterStateEventStream> {
+        self.inner.cluster_state_events().await
+    }
+}

@@ -28,6 +28,10 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# Python ADBC (Flight SQL tests): a venv, created when missing.
+SLUICE_PYTHON="$(scripts/python-venv.sh)"
+export SLUICE_PYTHON
+
 # Builds are heavy (DataFusion + Ballista): keep the target dir unless told otherwise.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 

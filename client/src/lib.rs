@@ -3,6 +3,7 @@
 //! binary (`main.rs`) is a thin command line over this library.
 
 pub mod backfill;
+pub mod catalog;
 pub mod cluster;
 pub mod connect;
 pub mod datagen;

@@ -58,6 +58,11 @@ enum Command {
         /// The SQL statement.
         sql: String,
     },
+    /// The persistent table catalog: register, list, drop.
+    Table {
+        #[command(subcommand)]
+        what: TableCommand,
+    },
     /// Generate data sets.
     Gen {
         #[command(subcommand)]
@@ -117,6 +122,11 @@ enum Command {
         /// Print a machine-readable JSON summary on stdout.
         #[arg(long)]
         json: bool,
+        /// Do not register the output in the catalog.
+        #[arg(long)]
+        no_register: bool,
+        #[command(flatten)]
+        catalog: CatalogArgs,
     },
     /// Start an embedded cluster, generate churn data, backfill churn features (quality report, sample rows, point-in-time check), then check TPC-H queries against DataFusion.
     #[command(
@@ -132,6 +142,72 @@ enum Command {
         /// Keep the generated data here (default: a temp folder, removed afterwards).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+    },
+}
+
+/// Where `sluice table` and backfill registration find the catalog.
+#[derive(Debug, clap::Args)]
+struct CatalogArgs {
+    /// The catalog file (embedded mode). Default: SLUICE_CATALOG, else ~/.sluice/catalog.json.
+    #[arg(long, value_name = "FILE", conflicts_with = "flight_sql")]
+    catalog: Option<PathBuf>,
+    /// A scheduler's Flight SQL endpoint: use its catalog.
+    #[arg(long, env = "SLUICE_FLIGHT_SQL", value_name = "HOST:PORT")]
+    flight_sql: Option<HostPort>,
+    /// File holding the token (else SLUICE_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of a TLS endpoint.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl CatalogArgs {
+    fn target(&self) -> Result<sluice_client::catalog::CatalogTarget, Error> {
+        use sluice_client::catalog::{CatalogTarget, FlightSqlEndpoint};
+        Ok(match &self.flight_sql {
+            Some(addr) => CatalogTarget::FlightSql(FlightSqlEndpoint {
+                addr: addr.clone(),
+                token: sluice_client::catalog::read_token(self.token_file.as_deref())?,
+                tls_ca: self.tls_ca.clone(),
+            }),
+            None => CatalogTarget::File(
+                self.catalog.clone().unwrap_or_else(sluice_client::catalog::default_catalog_file),
+            ),
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum TableCommand {
+    /// Register (or replace) a table: every session and Flight SQL client sees it.
+    #[command(
+        after_help = "Examples:\n  sluice table register churn_features out/churn --partitioned-by feature_date\n  sluice table register events data/churn/events --flight-sql 127.0.0.1:50051 --token-file admin.token"
+    )]
+    Register {
+        /// Table name (letters, digits, '_').
+        name: String,
+        /// A folder or file (made absolute), or a URL.
+        path: String,
+        /// parquet, csv or json.
+        #[arg(long, default_value = "parquet")]
+        format: String,
+        /// Hive partition column (`COL=VALUE/` folders); repeatable.
+        #[arg(long = "partitioned-by", value_name = "COL")]
+        partitioned_by: Vec<String>,
+        #[command(flatten)]
+        catalog: CatalogArgs,
+    },
+    /// List the catalog's tables.
+    List {
+        #[command(flatten)]
+        catalog: CatalogArgs,
+    },
+    /// Remove a table from the catalog (its data stays).
+    Drop {
+        name: String,
+        #[command(flatten)]
+        catalog: CatalogArgs,
     },
 }
 
@@ -184,6 +260,38 @@ enum GenCommand {
     },
 }
 
+async fn run_table(what: TableCommand) -> Result<(), Error> {
+    use sluice_client::catalog;
+    match what {
+        TableCommand::Register { name, path, format, partitioned_by, catalog: args } => {
+            let entry = sluice_sql::catalog::CatalogEntry {
+                name,
+                path: catalog::absolute(&path),
+                format,
+                partitioned_by,
+            };
+            let replaced = catalog::register(&args.target()?, entry.clone()).await?;
+            let verb = if replaced.is_some() { "replaced" } else { "registered" };
+            println!("{verb} table {} -> {} ({})", entry.name, entry.path, entry.format);
+        }
+        TableCommand::List { catalog: args } => {
+            for t in catalog::list(&args.target()?).await? {
+                let parts = if t.partitioned_by.is_empty() {
+                    String::new()
+                } else {
+                    format!("  partitioned by {}", t.partitioned_by.join(", "))
+                };
+                println!("{:<24} {:<8} {}{parts}", t.name, t.format, t.path);
+            }
+        }
+        TableCommand::Drop { name, catalog: args } => {
+            let old = catalog::drop_table(&args.target()?, &name).await?;
+            println!("dropped table {} (data left at {})", old.name, old.path);
+        }
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Sql { scheduler, standalone: _, tables, settings, format, sql } => {
@@ -205,6 +313,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?;
             Ok(())
         }
+        Command::Table { what } => run_table(what).await,
         Command::Gen { what: GenCommand::Tpch { scale_factor, out } } => {
             let generated = sluice_client::datagen::tpch::generate(scale_factor, &out)?;
             for g in generated {
@@ -268,7 +377,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
             parallel,
             settings,
             json,
+            no_register,
+            catalog,
         } => {
+            let catalog_target = if no_register || local { None } else { Some(catalog.target()?) };
             let opts = sluice_client::backfill::BackfillOptions {
                 spec,
                 from: sluice_client::backfill::parse_date("--from", &from)?,
@@ -311,6 +423,22 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     report.seconds,
                     report.output
                 );
+            }
+            if report.ok
+                && let Some(target) = &catalog_target
+            {
+                let spec = sluice_sql::job::spec::JobSpec::from_file(&opts.spec)
+                    .map_err(|e| Error::Usage(format!("{}: {e}", opts.spec.display())))?;
+                let entry = sluice_sql::catalog::CatalogEntry {
+                    name: spec.name.clone(),
+                    path: sluice_client::catalog::absolute(&report.output),
+                    format: "parquet".into(),
+                    partitioned_by: vec![spec.output.partition_by.clone()],
+                };
+                sluice_client::catalog::register(target, entry).await?;
+                if !json {
+                    eprintln!("registered table {} -> {}", spec.name, report.output);
+                }
             }
             if !report.ok {
                 let text = sluice_client::backfill::quality_report(&report);

@@ -3,7 +3,7 @@
 //! Layers, later wins: built-in defaults → `--config FILE` (TOML, kebab-case
 //! keys, unknown keys rejected) → `SLUICE_*` environment variables and flags.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sluice_proto::HostPort;
@@ -33,6 +33,22 @@ pub struct SchedulerProcessConfig {
     pub stage_max_failures: usize,
     /// Writes Ballista's per-job event log (JSON lines) here when set.
     pub event_log_dir: Option<String>,
+    /// Serve Arrow Flight SQL for clients on this address (a port of its
+    /// own; the scheduler port stays cluster-internal).
+    pub flight_sql_bind: Option<HostPort>,
+    /// Bearer tokens for Flight SQL: `TOKEN [read|admin]` per line.
+    pub auth_token_file: Option<PathBuf>,
+    /// Serve Flight SQL without tokens on a non-loopback address.
+    pub allow_anonymous: bool,
+    /// TLS certificate and key (PEM) for Flight SQL.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Folders queries may read (repeatable); none means unrestricted.
+    pub data_roots: Vec<PathBuf>,
+    /// The persistent table catalog (a JSON file).
+    pub catalog: Option<PathBuf>,
 }
 
 impl Default for SchedulerProcessConfig {
@@ -49,6 +65,14 @@ impl Default for SchedulerProcessConfig {
             task_max_failures: 4,
             stage_max_failures: 4,
             event_log_dir: None,
+            flight_sql_bind: None,
+            auth_token_file: None,
+            allow_anonymous: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            data_roots: Vec::new(),
+            catalog: None,
         }
     }
 }

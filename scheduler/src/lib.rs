@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod error;
+pub mod flight_sql;
 pub mod recovery;
 
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use sluice_proto::HostPort;
+use sluice_sql::catalog::FileCatalog;
+use sluice_sql::roots::DataRoots;
 use tokio::task::JoinHandle;
 
 pub use config::SchedulerProcessConfig;
@@ -36,6 +39,8 @@ pub struct RunningScheduler {
     /// The address executors and clients are told to use.
     pub endpoint: HostPort,
     task: JoinHandle<ballista_core::error::Result<()>>,
+    /// The Flight SQL endpoint, when `flight_sql_bind` is set.
+    pub flight_sql: Option<flight_sql::RunningFlightSql>,
 }
 
 impl RunningScheduler {
@@ -54,13 +59,21 @@ impl RunningScheduler {
     /// Stops serving (used by embedded clusters on exit).
     pub fn abort(&self) {
         self.task.abort();
+        if let Some(flight) = &self.flight_sql {
+            flight.task.abort();
+        }
     }
 }
 
 /// Builds Ballista's scheduler configuration from Sluice's.
-fn ballista_config(config: &SchedulerProcessConfig, endpoint: &HostPort) -> SchedulerConfig {
+fn ballista_config(
+    config: &SchedulerProcessConfig,
+    endpoint: &HostPort,
+    catalog: Option<&FileCatalog>,
+    roots: &DataRoots,
+) -> SchedulerConfig {
     let session_builder: ballista_scheduler::SessionBuilder =
-        Arc::new(sluice_sql::session::scheduler_session_state);
+        Arc::new(sluice_sql::session::scheduler_session_builder(catalog.cloned(), roots.clone()));
     SchedulerConfig {
         scheduler_id: format!("sluice-scheduler-{}", endpoint),
         bind_host: config.bind.host.clone(),
@@ -100,7 +113,21 @@ pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> 
         Some(a) => HostPort::new(a.host.clone(), local_addr.port()),
         None => HostPort::new(advertised_host(&config.bind.host), local_addr.port()),
     };
-    let ballista = ballista_config(config, &endpoint);
+    let roots = DataRoots::new(&config.data_roots)
+        .map_err(|e| Error::ConfigFile { path: "--data-root".into(), reason: e.to_string() })?;
+    let catalog = config.catalog.as_ref().map(FileCatalog::new);
+    if let Some(catalog) = &catalog {
+        // Fail now, not on the first query, when the file is unreadable.
+        catalog.list().map_err(|e| Error::ConfigFile {
+            path: catalog.path().display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    let tokens = match &config.auth_token_file {
+        Some(path) => Some(flight_sql::Tokens::from_file(path)?),
+        None => None,
+    };
+    let ballista = ballista_config(config, &endpoint, catalog.as_ref(), &roots);
     ballista.validate().map_err(|source| Error::Server { source })?;
     let cluster = BallistaCluster::new_from_config(&ballista)
         .await
@@ -113,8 +140,24 @@ pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> 
         .await
         .map_err(|source| Error::Server { source })?;
     tracing::info!(%local_addr, %endpoint, "scheduler serving");
+    let flight_sql = match &config.flight_sql_bind {
+        Some(bind) => {
+            let flight = flight_sql::FlightSqlConfig {
+                bind: bind.clone(),
+                tokens,
+                allow_anonymous: config.allow_anonymous,
+                tls_cert: config.tls_cert.clone(),
+                tls_key: config.tls_key.clone(),
+                tls_client_ca: config.tls_client_ca.clone(),
+                data_roots: roots,
+                catalog,
+            };
+            Some(flight_sql::serve(&flight, Arc::new(server.clone())).await?)
+        }
+        None => None,
+    };
     let task = tokio::spawn(start_grpc_service_with_listener(listener, server));
-    Ok(RunningScheduler { local_addr, endpoint, task })
+    Ok(RunningScheduler { local_addr, endpoint, task, flight_sql })
 }
 
 /// The host to advertise when only a bind address is given: a wildcard bind

@@ -40,6 +40,32 @@ struct Args {
     /// Directory for Ballista's per-job event logs.
     #[arg(long, value_name = "DIR")]
     event_log_dir: Option<String>,
+    /// Serve Arrow Flight SQL for clients on this address (its own port; prints
+    /// `flight-sql listening on HOST:PORT`). Keep the scheduler port itself
+    /// on the cluster network.
+    #[arg(long, env = "SLUICE_FLIGHT_SQL_BIND", value_name = "HOST:PORT")]
+    flight_sql_bind: Option<HostPort>,
+    /// Bearer tokens for Flight SQL, one `TOKEN [read|admin]` per line.
+    #[arg(long, env = "SLUICE_AUTH_TOKEN_FILE", value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Allow Flight SQL without tokens on a non-loopback address.
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// TLS certificate (PEM) for Flight SQL.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for Flight SQL.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// A folder queries may read; repeat for several. None: unrestricted.
+    #[arg(long = "data-root", value_name = "DIR")]
+    data_roots: Vec<PathBuf>,
+    /// The persistent table catalog (JSON file; created on first register).
+    #[arg(long, env = "SLUICE_CATALOG", value_name = "FILE")]
+    catalog: Option<PathBuf>,
 }
 
 fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::Error> {
@@ -64,6 +90,26 @@ fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::E
     }
     if let Some(v) = args.event_log_dir {
         config.event_log_dir = Some(v);
+    }
+    if let Some(v) = args.flight_sql_bind {
+        config.flight_sql_bind = Some(v);
+    }
+    if let Some(v) = args.auth_token_file {
+        config.auth_token_file = Some(v);
+    }
+    config.allow_anonymous |= args.allow_anonymous;
+    if args.tls_cert.is_some() {
+        config.tls_cert = args.tls_cert;
+        config.tls_key = args.tls_key;
+    }
+    if let Some(v) = args.tls_client_ca {
+        config.tls_client_ca = Some(v);
+    }
+    if !args.data_roots.is_empty() {
+        config.data_roots = args.data_roots;
+    }
+    if let Some(v) = args.catalog {
+        config.catalog = Some(v);
     }
     Ok(config)
 }
@@ -90,6 +136,9 @@ async fn run() -> ExitCode {
         }
     };
     println!("sluice-scheduler listening on {}", running.endpoint);
+    if let Some(flight) = &running.flight_sql {
+        println!("flight-sql listening on {}", flight.local_addr);
+    }
     tokio::select! {
         result = running.wait() => match result {
             Ok(()) => ExitCode::SUCCESS,

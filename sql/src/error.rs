@@ -35,6 +35,9 @@ pub enum Error {
         source: datafusion::error::DataFusionError,
     },
 
+    #[error("catalog: {0}")]
+    Catalog(String),
+
     #[error(transparent)]
     DataFusion(#[from] datafusion::error::DataFusionError),
 }
@@ -47,7 +50,8 @@ impl Error {
             | Error::UnknownFormat { .. }
             | Error::CannotDetectFormat { .. }
             | Error::InvalidSetting { .. }
-            | Error::Register { .. } => ErrorClass::User,
+            | Error::Register { .. }
+            | Error::Catalog(_) => ErrorClass::User,
             Error::DataFusion(_) => ErrorClass::Internal,
         }
     }

@@ -12,9 +12,11 @@
 //! executors, so every process must build its `SessionConfig` through
 //! [`session::cluster_session_config`], which registers every extension.
 
+pub mod catalog;
 pub mod error;
 pub mod job;
 pub mod options;
+pub mod roots;
 pub mod session;
 pub mod skew;
 pub mod tables;

@@ -92,6 +92,34 @@ pub fn scheduler_session_state(config: SessionConfig) -> DfResult<SessionState> 
         .build())
 }
 
+/// The scheduler's session builder: [`scheduler_session_state`] plus the
+/// persistent catalog as the default schema (when one is configured) and
+/// `CREATE EXTERNAL TABLE` limited to `roots`.
+pub fn scheduler_session_builder(
+    catalog: Option<crate::catalog::FileCatalog>,
+    roots: crate::roots::DataRoots,
+) -> impl Fn(SessionConfig) -> DfResult<SessionState> + Send + Sync + 'static {
+    move |config| {
+        let mut state = scheduler_session_state(config)?;
+        crate::roots::guard_factories(state.table_factories_mut(), &roots);
+        if let Some(catalog) = &catalog {
+            let schema =
+                crate::catalog::CatalogSchema::new(catalog.clone(), state.runtime_env().clone())
+                    .with_roots(roots.clone());
+            let options = &state.config().options().catalog;
+            let (default_catalog, default_schema) =
+                (options.default_catalog.clone(), options.default_schema.clone());
+            let provider = state.catalog_list().catalog(&default_catalog).ok_or_else(|| {
+                datafusion::error::DataFusionError::Plan(format!(
+                    "no default catalog {default_catalog}"
+                ))
+            })?;
+            provider.register_schema(&default_schema, Arc::new(schema))?;
+        }
+        Ok(state)
+    }
+}
+
 /// The client's session state before Ballista upgrades it for a remote
 /// scheduler (`SessionContext::remote_with_state`).
 pub fn client_state(config: SessionConfig) -> DfResult<SessionState> {

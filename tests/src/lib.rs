@@ -49,8 +49,10 @@ pub struct Proc {
     pub name: String,
     pub child: Child,
     pub log: PathBuf,
-    /// The address it printed in its `listening on` line.
+    /// The address it printed in its first `listening on` line.
     pub addr: String,
+    /// Later `<prefix> listening on HOST:PORT` lines, as (prefix, address).
+    listening: std::sync::Mutex<mpsc::Receiver<(String, String)>>,
 }
 
 impl Proc {
@@ -81,18 +83,43 @@ impl Proc {
                 if let Some(f) = file.as_mut() {
                     let _ = writeln!(f, "{line}");
                 }
-                if let Some((_, addr)) = line.split_once(" listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
+                if let Some((prefix, addr)) = line.split_once(" listening on ") {
+                    let _ = tx.send((prefix.trim().to_string(), addr.trim().to_string()));
                 }
             }
         });
         match rx.recv_timeout(deadline) {
-            Ok(addr) => Ok(Self { name: name.to_string(), child, log, addr }),
+            Ok((_, addr)) => Ok(Self {
+                name: name.to_string(),
+                child,
+                log,
+                addr,
+                listening: std::sync::Mutex::new(rx),
+            }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
                 bail!("{name} did not report its address within {deadline:?}; its log:\n{tail}")
+            }
+        }
+    }
+
+    /// Waits up to `deadline` for a later `<prefix> listening on HOST:PORT`
+    /// line and returns the address.
+    pub fn listening(&self, prefix: &str, deadline: Duration) -> anyhow::Result<String> {
+        let rx = self.listening.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let end = std::time::Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((p, addr)) if p == prefix => return Ok(addr),
+                Ok(_) => continue,
+                Err(_) => bail!(
+                    "{} printed no `{prefix} listening on` line within {deadline:?}; its log:\n{}",
+                    self.name,
+                    self.log_text()
+                ),
             }
         }
     }

@@ -244,6 +244,8 @@ fn killed_backfill_resumes_without_duplicates() {
             "4".into(),
             "--parallel".into(),
             "1".into(),
+            "--catalog".into(),
+            tmp.path().join("catalog.json").display().to_string(),
         ]
     };
     let mut child = Command::new(bin("sluice"))
@@ -310,6 +312,11 @@ fn sluice(args: &[&str]) -> std::process::Output {
     Command::new(bin("sluice"))
         .args(args)
         .env_remove("SLUICE_SCHEDULER")
+        // Committed outputs register in a catalog: keep it out of $HOME.
+        .env(
+            "SLUICE_CATALOG",
+            std::env::temp_dir().join(format!("sluice-test-catalog-{}.json", std::process::id())),
+        )
         .output()
         .expect("run sluice")
 }

@@ -1,0 +1,163 @@
+//! `sluice table …` and backfill registration: the persistent catalog,
+//! either a local file (embedded mode) or the scheduler's, reached over its
+//! Flight SQL endpoint with a token (`sluice.table.*` actions).
+
+use std::path::{Path, PathBuf};
+
+use arrow_flight::Action;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use sluice_proto::HostPort;
+use sluice_sql::catalog::{CatalogEntry, FileCatalog};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::error::{Error, Result};
+
+/// Where the catalog lives.
+#[derive(Debug, Clone)]
+pub enum CatalogTarget {
+    File(PathBuf),
+    FlightSql(FlightSqlEndpoint),
+}
+
+/// A scheduler's Flight SQL endpoint and how to authenticate to it.
+#[derive(Debug, Clone)]
+pub struct FlightSqlEndpoint {
+    pub addr: HostPort,
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust: connects with TLS when set.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// The embedded default: `SLUICE_CATALOG`, else `~/.sluice/catalog.json`.
+pub fn default_catalog_file() -> PathBuf {
+    if let Some(p) = std::env::var_os("SLUICE_CATALOG") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".sluice").join("catalog.json")
+}
+
+/// Reads a token: `--token-file`, else `SLUICE_TOKEN`.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read or is empty.
+pub fn read_token(token_file: Option<&Path>) -> Result<Option<String>> {
+    if let Some(path) = token_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io { path: path.display().to_string(), reason: e.to_string() })?;
+        let token = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+        // A server token file line may carry a role after the token.
+        let token = token.and_then(|l| l.split_whitespace().next()).ok_or_else(|| Error::Io {
+            path: path.display().to_string(),
+            reason: "no token in the file".into(),
+        })?;
+        return Ok(Some(token.to_string()));
+    }
+    Ok(std::env::var("SLUICE_TOKEN").ok().filter(|t| !t.is_empty()))
+}
+
+impl FlightSqlEndpoint {
+    /// Opens a channel (TLS when a CA is given).
+    pub async fn channel(&self) -> Result<Channel> {
+        let scheme = if self.tls_ca.is_some() { "https" } else { "http" };
+        let unreachable =
+            |reason: String| Error::SchedulerUnreachable { addr: self.addr.clone(), reason };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
+            .map_err(|e| unreachable(e.to_string()))?;
+        if let Some(ca) = &self.tls_ca {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::Io { path: ca.display().to_string(), reason: e.to_string() })?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .map_err(|e| unreachable(format!("TLS: {e}")))?;
+        }
+        endpoint.connect().await.map_err(|e| unreachable(e.to_string()))
+    }
+
+    /// Runs one action and returns its first result body.
+    async fn action(&self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+        let mut client = FlightServiceClient::new(self.channel().await?);
+        let mut request =
+            tonic::Request::new(Action { r#type: kind.to_string(), body: body.into() });
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                Error::Usage("the token contains characters not allowed in a header".into())
+            })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let status = |s: tonic::Status| Error::Query {
+            message: format!("{} ({:?})", s.message(), s.code()),
+            class: match s.code() {
+                tonic::Code::Unauthenticated
+                | tonic::Code::PermissionDenied
+                | tonic::Code::InvalidArgument
+                | tonic::Code::NotFound
+                | tonic::Code::FailedPrecondition => sluice_proto::ErrorClass::User,
+                _ => sluice_proto::ErrorClass::External,
+            },
+        };
+        let mut stream = client.do_action(request).await.map_err(status)?.into_inner();
+        match stream.message().await.map_err(status)? {
+            Some(result) => Ok(result.body.to_vec()),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    Error::Query {
+        message: format!("bad reply from the scheduler: {e}"),
+        class: sluice_proto::ErrorClass::Internal,
+    }
+}
+
+/// Registers (or replaces) a table; returns the entry it replaced.
+pub async fn register(target: &CatalogTarget, entry: CatalogEntry) -> Result<Option<CatalogEntry>> {
+    entry.validate()?;
+    match target {
+        CatalogTarget::File(path) => Ok(FileCatalog::new(path).register(entry)?),
+        CatalogTarget::FlightSql(endpoint) => {
+            let body = serde_json::to_vec(&entry).map_err(json_error)?;
+            let reply = endpoint.action("sluice.table.register", body).await?;
+            serde_json::from_slice(&reply).map_err(json_error)
+        }
+    }
+}
+
+/// Every table.
+pub async fn list(target: &CatalogTarget) -> Result<Vec<CatalogEntry>> {
+    match target {
+        CatalogTarget::File(path) => Ok(FileCatalog::new(path).list()?),
+        CatalogTarget::FlightSql(endpoint) => {
+            let reply = endpoint.action("sluice.table.list", Vec::new()).await?;
+            serde_json::from_slice(&reply).map_err(json_error)
+        }
+    }
+}
+
+/// Drops a table.
+///
+/// # Errors
+/// [`Error::Usage`] when there is no such table.
+pub async fn drop_table(target: &CatalogTarget, name: &str) -> Result<CatalogEntry> {
+    let missing =
+        || Error::Usage(format!("no table {name} in the catalog; see `sluice table list`"));
+    match target {
+        CatalogTarget::File(path) => FileCatalog::new(path).drop_table(name)?.ok_or_else(missing),
+        CatalogTarget::FlightSql(endpoint) => {
+            match endpoint.action("sluice.table.drop", name.as_bytes().to_vec()).await {
+                Ok(reply) => serde_json::from_slice(&reply).map_err(json_error),
+                Err(Error::Query { message, .. }) if message.contains("NotFound") => Err(missing()),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// An absolute form of a local path (URLs are kept as given).
+pub fn absolute(path: &str) -> String {
+    if path.contains("://") || Path::new(path).is_absolute() {
+        return path.to_string();
+    }
+    std::path::absolute(path).map(|p| p.display().to_string()).unwrap_or_else(|_| path.to_string())
+}

@@ -1,0 +1,635 @@
+//! The client endpoint: Arrow Flight SQL on its own port
+//! (`--flight-sql-bind`), in front of Ballista's Flight SQL frontend.
+//!
+//! ```text
+//!   ADBC / JDBC / sluice ──TLS──► SluiceFlightSql ──► BallistaFlightSqlService ──► SchedulerServer
+//!                                  │ bearer token on every call (roles read, admin)
+//!                                  │ tickets: only Flight SQL ones, naming a registered executor
+//!                                  │ statements: read-only unless admin
+//!                                  └ sluice.table.* actions: the persistent catalog
+//! ```
+//!
+//! The scheduler port itself (executors' gRPC, REST) stays cluster-internal:
+//! bind it to the cluster network. Clients need only this port.
+//!
+//! Ballista's frontend keeps its own session tokens, minted by a handshake.
+//! Sluice's tokens are static (a file, one per line), so this layer checks
+//! them and then forwards the call without credentials: every client shares
+//! the frontend's one session, whose default schema is the persistent
+//! catalog. Session state a client could change for others (`SET`, DDL) is
+//! admin-only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::sql::{Any, Command};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, SchemaResult, Ticket,
+};
+use ballista_core::error::Result as BallistaResult;
+use ballista_core::flight_proxy_service::BallistaFlightProxyService;
+use ballista_core::serde::protobuf;
+use ballista_flight_sql::{
+    AnonymousAuthenticator, BallistaFlightSqlService, QueryBackend, QueryResult,
+};
+use ballista_scheduler::scheduler_server::SchedulerServer;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use futures::Stream;
+use prost::Message;
+use sluice_proto::HostPort;
+use sluice_sql::catalog::{CatalogEntry, FileCatalog};
+use sluice_sql::roots::DataRoots;
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Error, Result};
+
+type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Queries, catalog listing.
+    Read,
+    /// Also DDL, `SET`, and registering or dropping catalog tables.
+    Admin,
+}
+
+/// The tokens of a token file: `TOKEN [read|admin]` per line, `#` comments.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    by_token: HashMap<String, Role>,
+}
+
+/// Shortest token accepted: guessing one must be hopeless.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl Tokens {
+    /// Reads a token file.
+    ///
+    /// # Errors
+    /// [`Error::ConfigFile`] naming the file and line of a malformed entry.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bad = |line: usize, reason: String| Error::ConfigFile {
+            path: path.display().to_string(),
+            reason: format!("line {line}: {reason}"),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut by_token = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let token = parts.next().unwrap_or_default();
+            let role = match parts.next() {
+                None | Some("read") => Role::Read,
+                Some("admin") => Role::Admin,
+                Some(other) => {
+                    return Err(bad(i + 1, format!("role {other:?}: expected read or admin")));
+                }
+            };
+            if parts.next().is_some() {
+                return Err(bad(i + 1, "expected `TOKEN [read|admin]`".to_string()));
+            }
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(bad(
+                    i + 1,
+                    format!("token is {} characters; use at least {MIN_TOKEN_LEN}", token.len()),
+                ));
+            }
+            by_token.insert(token.to_string(), role);
+        }
+        if by_token.is_empty() {
+            return Err(bad(0, "no token; expected `TOKEN [read|admin]` lines".to_string()));
+        }
+        Ok(Self { by_token })
+    }
+}
+
+/// Configuration of the Flight SQL endpoint.
+#[derive(Debug, Clone)]
+pub struct FlightSqlConfig {
+    pub bind: HostPort,
+    /// `None`: anonymous (loopback only unless `allow_anonymous`).
+    pub tokens: Option<Tokens>,
+    pub allow_anonymous: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Clients must present a certificate signed by this CA (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    pub data_roots: DataRoots,
+    pub catalog: Option<FileCatalog>,
+}
+
+/// Runs queries for the frontend; a query whose client goes away is
+/// cancelled on the cluster.
+pub struct Backend {
+    scheduler: Arc<Scheduler>,
+}
+
+#[async_trait::async_trait]
+impl QueryBackend for Backend {
+    async fn session(&self, session_id: &str) -> BallistaResult<Arc<SessionContext>> {
+        self.scheduler.session(session_id).await
+    }
+
+    async fn close_session(&self, session_id: &str) -> BallistaResult<()> {
+        self.scheduler.close_session(session_id).await
+    }
+
+    async fn execute(
+        &self,
+        job_name: &str,
+        ctx: Arc<SessionContext>,
+        plan: LogicalPlan,
+    ) -> BallistaResult<QueryResult> {
+        // A unique name finds the job again if the client cancels (the
+        // frontend's future is dropped with the call).
+        let name = format!("{job_name}-{}", uuid::Uuid::new_v4());
+        let guard = CancelOnDrop {
+            scheduler: Arc::clone(&self.scheduler),
+            name: name.clone(),
+            armed: true,
+        };
+        let result = self.scheduler.execute(&name, Arc::clone(&ctx), plan.clone()).await;
+        guard.disarm();
+        let mut result = result?;
+        // Ballista reads the schema from "the" stage with no output links;
+        // under its adaptive planner that can be an inner stage (its partial
+        // aggregate state), and ADBC then rejects the data. The physical
+        // plan's schema is the one the final stage writes.
+        result.schema = ctx.state().create_physical_plan(&plan).await?.schema();
+        Ok(result)
+    }
+}
+
+struct CancelOnDrop {
+    scheduler: Arc<Scheduler>,
+    name: String,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let scheduler = Arc::clone(&self.scheduler);
+        let name = std::mem::take(&mut self.name);
+        tokio::spawn(async move {
+            let Ok(jobs) = scheduler.state.task_manager.get_running_jobs().await else { return };
+            for job in jobs.into_iter().filter(|j| j.job_name == name) {
+                tracing::info!(job = %job.job_id, "client cancelled its Flight SQL query; cancelling the job");
+                if let Err(e) = scheduler.cancel_job(job.job_id.clone()).await {
+                    tracing::warn!(job = %job.job_id, error = %e, "cancelling the job failed");
+                }
+            }
+        });
+    }
+}
+
+/// The Flight service clients talk to.
+pub struct SluiceFlightSql {
+    inner: BallistaFlightSqlService<Backend>,
+    scheduler: Arc<Scheduler>,
+    tokens: Option<Tokens>,
+    roots: DataRoots,
+    catalog: Option<FileCatalog>,
+}
+
+/// Ballista's action tag for a partition handle (`ticket.rs`).
+const PARTITION_HANDLE: u8 = 0;
+const ACTION_REGISTER: &str = "sluice.table.register";
+const ACTION_DROP: &str = "sluice.table.drop";
+const ACTION_LIST: &str = "sluice.table.list";
+
+impl SluiceFlightSql {
+    /// Checks the call's credentials; returns the caller's role.
+    fn authorize(&self, metadata: &MetadataMap) -> std::result::Result<Role, Status> {
+        let Some(tokens) = &self.tokens else { return Ok(Role::Admin) };
+        let Some(value) = metadata.get("authorization") else {
+            return Err(Status::unauthenticated(
+                "missing token: send `authorization: Bearer TOKEN` (ADBC: \
+                 adbc.flight.sql.authorization_header)",
+            ));
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::to_string)
+            .or_else(|| basic_password(value))
+            .ok_or_else(|| Status::unauthenticated("expected a Bearer token"))?;
+        tokens.by_token.get(&token).copied().ok_or_else(|| Status::unauthenticated("unknown token"))
+    }
+
+    /// Authorizes a request and strips its credentials before it reaches
+    /// Ballista's frontend (which would take them for a session token).
+    fn admit<T>(&self, mut request: Request<T>) -> std::result::Result<(Role, Request<T>), Status> {
+        let role = self.authorize(request.metadata())?;
+        request.metadata_mut().remove("authorization");
+        Ok((role, request))
+    }
+
+    /// Refuses statements a role may not run.
+    fn check_sql(&self, role: Role, sql: &str) -> std::result::Result<(), Status> {
+        let statements = DFParser::parse_sql(sql)
+            .map_err(|e| Status::invalid_argument(format!("failed to parse query: {e}")))?;
+        for statement in &statements {
+            let read_only = match statement {
+                DfStatement::Statement(s) => matches!(
+                    s.as_ref(),
+                    SqlStatement::Query(_)
+                        | SqlStatement::Explain { .. }
+                        | SqlStatement::ExplainTable { .. }
+                        | SqlStatement::ShowTables { .. }
+                        | SqlStatement::ShowColumns { .. }
+                ),
+                DfStatement::Explain(e) => matches!(
+                    e.statement.as_ref(),
+                    DfStatement::Statement(s) if matches!(s.as_ref(), SqlStatement::Query(_))
+                ),
+                DfStatement::CreateExternalTable(_)
+                | DfStatement::CopyTo(_)
+                | DfStatement::Reset(_) => false,
+            };
+            if !read_only && role != Role::Admin {
+                return Err(Status::permission_denied(
+                    "only queries are allowed with a read token; CREATE EXTERNAL TABLE, COPY, \
+                     SET and other statements need a token with the admin role",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the SQL a Flight SQL command carries, if any.
+    fn check_command(&self, role: Role, cmd: &[u8]) -> std::result::Result<(), Status> {
+        let Ok(any) = Any::decode(cmd) else { return Ok(()) };
+        let Ok(command) = Command::try_from(any) else { return Ok(()) };
+        match command {
+            Command::CommandStatementQuery(q) => self.check_sql(role, &q.query),
+            Command::CommandStatementUpdate(u) => self.check_sql(role, &u.query),
+            Command::ActionCreatePreparedStatementRequest(r) => self.check_sql(role, &r.query),
+            Command::CommandStatementSubstraitPlan(_)
+            | Command::CommandStatementIngest(_)
+            | Command::CommandPreparedStatementUpdate(_) => Err(Status::unimplemented(
+                "Substrait plans, ingest and prepared updates are not supported",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Admits only Flight SQL tickets, and partition tickets only when they
+    /// name a registered executor (a forged ticket could otherwise make the
+    /// scheduler connect anywhere).
+    async fn check_ticket(&self, ticket: &Ticket) -> std::result::Result<(), Status> {
+        let forged = |why: &str| Status::permission_denied(format!("ticket refused: {why}"));
+        let any =
+            Any::decode(ticket.ticket.clone()).map_err(|_| forged("not a Flight SQL ticket"))?;
+        let command = Command::try_from(any).map_err(|_| forged("not a Flight SQL ticket"))?;
+        let statement = match command {
+            Command::TicketStatementQuery(statement) => statement,
+            // Metadata tickets carry their command and run on the scheduler.
+            Command::CommandGetCatalogs(_)
+            | Command::CommandGetDbSchemas(_)
+            | Command::CommandGetTables(_)
+            | Command::CommandGetTableTypes(_)
+            | Command::CommandGetSqlInfo(_)
+            | Command::CommandGetXdbcTypeInfo(_) => return Ok(()),
+            // Anything else would reach Ballista's fallback, which proxies a
+            // raw partition fetch to whatever host it names.
+            _ => return Err(forged("not a Flight SQL ticket")),
+        };
+        let handle = statement.statement_handle;
+        let Some((&tag, payload)) = handle.split_first() else {
+            return Err(forged("empty handle"));
+        };
+        if tag != PARTITION_HANDLE {
+            return Ok(()); // a server-side result, looked up by handle
+        }
+        let action =
+            protobuf::Action::decode(payload).map_err(|_| forged("malformed partition handle"))?;
+        let Some(protobuf::action::ActionType::FetchPartition(fetch)) = action.action_type else {
+            return Err(forged("not a partition fetch"));
+        };
+        let executors = self
+            .scheduler
+            .state
+            .executor_manager
+            .get_executors_state()
+            .await
+            .map_err(|e| Status::internal(format!("listing executors: {e}")))?;
+        let known = executors
+            .iter()
+            .any(|(meta, _, _)| meta.host == fetch.host && u32::from(meta.port) == fetch.port);
+        if !known {
+            return Err(forged(&format!(
+                "{}:{} is not a registered executor",
+                fetch.host, fetch.port
+            )));
+        }
+        Ok(())
+    }
+
+    fn catalog(&self) -> std::result::Result<&FileCatalog, Status> {
+        self.catalog.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this scheduler has no catalog; start it with --catalog FILE",
+            )
+        })
+    }
+
+    /// Runs a `sluice.table.*` action.
+    fn catalog_action(&self, role: Role, action: &Action) -> std::result::Result<Vec<u8>, Status> {
+        let user = |e: sluice_sql::Error| Status::invalid_argument(e.to_string());
+        if action.r#type != ACTION_LIST && role != Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "{} needs a token with the admin role",
+                action.r#type
+            )));
+        }
+        let catalog = self.catalog()?;
+        match action.r#type.as_str() {
+            ACTION_REGISTER => {
+                let entry: CatalogEntry = serde_json::from_slice(&action.body).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "{ACTION_REGISTER}: body: {e}; expected {{\"name\", \"path\", \"format\", \"partitioned_by\"}}"
+                    ))
+                })?;
+                self.roots
+                    .check(&format!("table {}", entry.name), &entry.path)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let replaced = catalog.register(entry).map_err(user)?;
+                Ok(serde_json::to_vec(&replaced).unwrap_or_default())
+            }
+            ACTION_DROP => {
+                let name = String::from_utf8_lossy(&action.body).to_string();
+                match catalog.drop_table(&name).map_err(user)? {
+                    Some(old) => Ok(serde_json::to_vec(&old).unwrap_or_default()),
+                    None => Err(Status::not_found(format!("no table {name} in the catalog"))),
+                }
+            }
+            _ => Ok(serde_json::to_vec(&catalog.list().map_err(user)?).unwrap_or_default()),
+        }
+    }
+}
+
+/// The password of `Basic base64(user:password)` credentials: ADBC's
+/// username/password options send the token as the password.
+fn basic_password(value: &str) -> Option<String> {
+    use base64::Engine;
+    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':').map(|(_, password)| password.to_string())
+}
+
+type Inner = BallistaFlightSqlService<Backend>;
+
+#[tonic::async_trait]
+impl FlightService for SluiceFlightSql {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = <Inner as FlightService>::ListFlightsStream;
+    type DoGetStream = <Inner as FlightService>::DoGetStream;
+    type DoPutStream = <Inner as FlightService>::DoPutStream;
+    type DoExchangeStream = <Inner as FlightService>::DoExchangeStream;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    /// Answers with the caller's own token as the bearer token, so clients
+    /// that handshake (username/password) then send it on every call.
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<Self::HandshakeStream>, Status> {
+        self.authorize(request.metadata())?;
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ").map(str::to_string).or_else(|| basic_password(v))
+            })
+            .unwrap_or_default();
+        let reply =
+            HandshakeResponse { protocol_version: 0, payload: token.clone().into_bytes().into() };
+        let mut response: Response<Self::HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
+        if let Ok(value) = format!("Bearer {token}").parse() {
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
+    }
+
+    async fn list_flights(
+        &self,
+        request: Request<Criteria>,
+    ) -> std::result::Result<Response<Self::ListFlightsStream>, Status> {
+        let (_, request) = self.admit(request)?;
+        self.inner.list_flights(request).await
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        let (role, request) = self.admit(request)?;
+        self.check_command(role, &request.get_ref().cmd)?;
+        self.inner.get_flight_info(request).await
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<PollInfo>, Status> {
+        let (role, request) = self.admit(request)?;
+        self.check_command(role, &request.get_ref().cmd)?;
+        self.inner.poll_flight_info(request).await
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<SchemaResult>, Status> {
+        let (role, request) = self.admit(request)?;
+        self.check_command(role, &request.get_ref().cmd)?;
+        self.inner.get_schema(request).await
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
+        let (_, request) = self.admit(request)?;
+        self.check_ticket(request.get_ref()).await?;
+        self.inner.do_get(request).await
+    }
+
+    /// Statement updates (DDL, `SET`) only: admin.
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoPutStream>, Status> {
+        let (role, request) = self.admit(request)?;
+        if role != Role::Admin {
+            return Err(Status::permission_denied(
+                "updates (DDL, SET) need a token with the admin role",
+            ));
+        }
+        self.inner.do_put(request).await
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> std::result::Result<Response<Self::DoExchangeStream>, Status> {
+        let (_, request) = self.admit(request)?;
+        self.inner.do_exchange(request).await
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
+        let (role, request) = self.admit(request)?;
+        let action = request.get_ref();
+        if action.r#type.starts_with("sluice.table.") {
+            let body = self.catalog_action(role, action)?;
+            let result = arrow_flight::Result { body: body.into() };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))));
+        }
+        self.check_command(role, &action.body)?;
+        let response = self.inner.do_action(request).await?;
+        Ok(Response::new(Box::pin(response.into_inner())))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<Empty>,
+    ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
+        let (_, request) = self.admit(request)?;
+        let mut actions: Vec<std::result::Result<ActionType, Status>> = vec![
+            Ok(ActionType {
+                r#type: ACTION_LIST.into(),
+                description: "list the catalog's tables (JSON)".into(),
+            }),
+            Ok(ActionType {
+                r#type: ACTION_REGISTER.into(),
+                description: "register a table (admin)".into(),
+            }),
+            Ok(ActionType {
+                r#type: ACTION_DROP.into(),
+                description: "drop a table (admin)".into(),
+            }),
+        ];
+        let mut inner = self.inner.list_actions(request).await?.into_inner();
+        while let Some(a) = futures::StreamExt::next(&mut inner).await {
+            actions.push(a);
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(actions))))
+    }
+}
+
+/// The Flight SQL endpoint serving in this process.
+pub struct RunningFlightSql {
+    pub local_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::ConfigFile {
+        path: path.display().to_string(),
+        reason: format!("{what}: {e}"),
+    })
+}
+
+/// Binds and serves the Flight SQL endpoint.
+///
+/// # Errors
+/// [`Error::Bind`]; [`Error::ConfigFile`] for unreadable TLS files or an
+/// anonymous endpoint on a non-loopback address without `allow_anonymous`.
+pub async fn serve(
+    config: &FlightSqlConfig,
+    scheduler: Arc<Scheduler>,
+) -> Result<RunningFlightSql> {
+    let loopback = matches!(config.bind.host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]");
+    if config.tokens.is_none() && !loopback && !config.allow_anonymous {
+        return Err(Error::ConfigFile {
+            path: "--flight-sql-bind".into(),
+            reason: format!(
+                "{} is not a loopback address and no --auth-token-file is set; add tokens, \
+                 bind to 127.0.0.1, or pass --allow-anonymous",
+                config.bind
+            ),
+        });
+    }
+    let listener = tokio::net::TcpListener::bind((config.bind.host.as_str(), config.bind.port))
+        .await
+        .map_err(|source| Error::Bind { addr: config.bind.clone(), source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr: config.bind.clone(), source })?;
+    let proxy = BallistaFlightProxyService::new(256 * 1024 * 1024, 256 * 1024 * 1024, false, None);
+    let backend = Arc::new(Backend { scheduler: Arc::clone(&scheduler) });
+    let inner = BallistaFlightSqlService::new(backend, proxy)
+        .with_authenticator(Arc::new(AnonymousAuthenticator));
+    let service = SluiceFlightSql {
+        inner,
+        scheduler,
+        tokens: config.tokens.clone(),
+        roots: config.data_roots.clone(),
+        catalog: config.catalog.clone(),
+    };
+    let mut builder = Server::builder();
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?));
+            if let Some(ca) = &config.tls_client_ca {
+                tls = tls.client_ca_root(Certificate::from_pem(read(ca, "--tls-client-ca")?));
+            }
+            builder = builder.tls_config(tls).map_err(|e| Error::ConfigFile {
+                path: cert.display().to_string(),
+                reason: format!("TLS: {e}"),
+            })?;
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::ConfigFile {
+                path: "--tls-cert/--tls-key".into(),
+                reason: "give both --tls-cert and --tls-key".into(),
+            });
+        }
+    }
+    let server = FlightServiceServer::new(service)
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(256 * 1024 * 1024);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let task = tokio::spawn(builder.add_service(server).serve_with_incoming(incoming));
+    Ok(RunningFlightSql { local_addr, task })
+}

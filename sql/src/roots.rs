@@ -1,0 +1,178 @@
+//! Data roots: the folders a served query may read.
+//!
+//! A scheduler started with `--data-root DIR` (repeatable) plans no scan of
+//! a path outside them: catalog tables are checked when a query names them,
+//! and `CREATE EXTERNAL TABLE` through guarded table factories. Paths are
+//! compared after resolving `..` and symbolic links, so `ROOT/../etc` and a
+//! link out of a root are both outside. With no root configured nothing is
+//! restricted (the embedded default).
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProviderFactory};
+use datafusion::datasource::TableProvider;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::CreateExternalTable;
+
+use crate::error::{Error, Result};
+
+/// The folders queries may read; empty means unrestricted.
+#[derive(Debug, Clone, Default)]
+pub struct DataRoots {
+    roots: Vec<PathBuf>,
+}
+
+impl DataRoots {
+    /// Resolves each root; every one must be an existing directory.
+    ///
+    /// # Errors
+    /// [`Error::Catalog`] naming the root that does not exist.
+    pub fn new(roots: &[PathBuf]) -> Result<Self> {
+        let roots = roots
+            .iter()
+            .map(|r| {
+                std::fs::canonicalize(r).map_err(|e| {
+                    Error::Catalog(format!(
+                        "--data-root {}: {e}; expected an existing directory",
+                        r.display()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { roots })
+    }
+
+    pub fn is_restricted(&self) -> bool {
+        !self.roots.is_empty()
+    }
+
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// Refuses `location` (a path or `file://` URL) outside every root.
+    ///
+    /// # Errors
+    /// A plan error naming `what`, the location and the roots.
+    pub fn check(&self, what: &str, location: &str) -> DfResult<()> {
+        if self.roots.is_empty() {
+            return Ok(());
+        }
+        let inside = local_path(location)
+            .and_then(|p| resolve(&p))
+            .is_some_and(|p| self.roots.iter().any(|r| p.starts_with(r)));
+        if inside {
+            return Ok(());
+        }
+        let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
+        Err(DataFusionError::Plan(format!(
+            "{what}: path {location} is outside the data roots ({}); ask an operator to add \
+             a --data-root or move the data",
+            roots.join(", ")
+        )))
+    }
+}
+
+/// The local path a location names, or `None` for a remote URL.
+fn local_path(location: &str) -> Option<PathBuf> {
+    if let Some(rest) = location.strip_prefix("file://") {
+        return Some(PathBuf::from(rest));
+    }
+    if location.contains("://") {
+        return None;
+    }
+    let path = PathBuf::from(location);
+    if path.is_absolute() { Some(path) } else { std::env::current_dir().ok().map(|d| d.join(path)) }
+}
+
+/// Resolves symbolic links in the longest existing prefix of `path` and
+/// refuses `..` after it (it could not be resolved against the disk).
+fn resolve(path: &Path) -> Option<PathBuf> {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        rest.push(existing.file_name()?.to_os_string());
+        existing = existing.parent()?.to_path_buf();
+    }
+    let mut resolved = std::fs::canonicalize(&existing).ok()?;
+    for part in rest.into_iter().rev() {
+        if Path::new(&part).components().any(|c| !matches!(c, Component::Normal(_))) {
+            return None;
+        }
+        resolved.push(part);
+    }
+    // Glob characters stay in the last component; `ListingTableUrl` expands
+    // them under the resolved prefix only.
+    Some(resolved)
+}
+
+/// A table factory that checks `CREATE EXTERNAL TABLE … LOCATION` first.
+#[derive(Debug)]
+pub struct GuardedTableFactory {
+    inner: Arc<dyn TableProviderFactory>,
+    roots: DataRoots,
+}
+
+#[async_trait]
+impl TableProviderFactory for GuardedTableFactory {
+    async fn create(
+        &self,
+        state: &dyn Session,
+        cmd: &CreateExternalTable,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        for location in &cmd.locations {
+            self.roots.check(&format!("CREATE EXTERNAL TABLE {}", cmd.name), location)?;
+        }
+        self.inner.create(state, cmd).await
+    }
+}
+
+/// Wraps every factory so it checks `roots`.
+pub fn guard_factories(
+    factories: &mut HashMap<String, Arc<dyn TableProviderFactory>>,
+    roots: &DataRoots,
+) {
+    for factory in factories.values_mut() {
+        *factory =
+            Arc::new(GuardedTableFactory { inner: Arc::clone(factory), roots: roots.clone() });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_outside_roots_are_refused() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Catalog(e.to_string()))?;
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(root.join("t")).map_err(|e| Error::Catalog(e.to_string()))?;
+        let roots = DataRoots::new(std::slice::from_ref(&root))?;
+        let ok = root.join("t").display().to_string();
+        assert!(roots.check("q", &ok).is_ok());
+        assert!(roots.check("q", &format!("file://{ok}/x.parquet")).is_ok());
+        assert!(roots.check("q", &format!("{}/new/*.parquet", root.display())).is_ok());
+        for bad in [
+            dir.path().display().to_string(),
+            format!("{}/../etc", root.display()),
+            format!("{}/t/../../x", root.display()),
+            "/etc/passwd".to_string(),
+            "s3://bucket/t".to_string(),
+        ] {
+            let err = roots.check("q", &bad).expect_err(&bad).to_string();
+            assert!(err.contains("outside the data roots"), "{bad}: {err}");
+        }
+        // A link out of the root is outside.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/etc", root.join("link"))
+                .map_err(|e| Error::Catalog(e.to_string()))?;
+            assert!(roots.check("q", &format!("{}/link/passwd", root.display())).is_err());
+        }
+        assert!(DataRoots::new(&[dir.path().join("missing")]).is_err());
+        Ok(())
+    }
+}

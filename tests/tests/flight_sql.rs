@@ -1,0 +1,417 @@
+//! The Flight SQL endpoint with real clients: Python ADBC (the driver BI
+//! tools and notebooks use) over TLS with bearer tokens, against a real
+//! scheduler and executors; answers compared with single-node DataFusion.
+//!
+//! The Python venv comes from `scripts/python-venv.sh` (run by
+//! `scripts/test.sh`), which exports `SLUICE_PYTHON`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::Ticket;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
+use ballista_core::serde::protobuf;
+use chrono::NaiveDate;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use prost::Message;
+use sluice_client::catalog::FlightSqlEndpoint;
+use sluice_client::datagen::churn::ChurnConfig;
+use sluice_sql::catalog::{CatalogSchema, FileCatalog};
+use sluice_tests::{Proc, TestCluster, bin, workspace_root};
+
+const READ: &str = "read-token-7f3a9c2e41d84b6f";
+const ADMIN: &str = "admin-token-0b5e8d1c9a7f4e23";
+
+/// Certificates, tokens, data and catalog of one secured cluster.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data root");
+        std::fs::write(
+            dir.path().join("tokens"),
+            format!("# test tokens\n{READ}\n{ADMIN} admin\n"),
+        )
+        .expect("tokens");
+        std::fs::write(dir.path().join("admin.token"), format!("{ADMIN}\n")).expect("token");
+        write_certs(dir.path());
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.path("data")
+    }
+
+    fn scheduler_args(&self) -> Vec<String> {
+        let p = |n: &str| self.path(n).display().to_string();
+        vec![
+            "--flight-sql-bind".into(),
+            "127.0.0.1:0".into(),
+            "--auth-token-file".into(),
+            p("tokens"),
+            "--catalog".into(),
+            p("catalog.json"),
+            "--data-root".into(),
+            p("data"),
+            "--tls-cert".into(),
+            p("server.pem"),
+            "--tls-key".into(),
+            p("server.key"),
+        ]
+    }
+
+    fn start(&self, executors: usize) -> (TestCluster, String) {
+        let args = self.scheduler_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cluster = TestCluster::start_full(executors, 2, &args, &[]).expect("cluster");
+        let flight =
+            cluster.scheduler.listening("flight-sql", Duration::from_secs(30)).expect("flight-sql");
+        (cluster, flight)
+    }
+
+    /// `sluice …` with the admin token and the test CA against `flight`.
+    fn sluice(&self, flight: &str, args: &[&str]) -> std::process::Output {
+        let ca = self.path("ca.pem").display().to_string();
+        let token = self.path("admin.token").display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--flight-sql", flight, "--token-file", &token, "--tls-ca", &ca]);
+        Command::new(bin("sluice"))
+            .args(&all)
+            .env_remove("SLUICE_SCHEDULER")
+            .env_remove("SLUICE_TOKEN")
+            .output()
+            .expect("run sluice")
+    }
+
+    /// Runs the ADBC client; returns its JSON answer and whether it exited 0.
+    fn adbc(
+        &self,
+        flight: &str,
+        token: Option<&str>,
+        tls: Tls,
+        args: &[&str],
+    ) -> (serde_json::Value, bool) {
+        let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| {
+            panic!(
+                "SLUICE_PYTHON is not set: the Flight SQL tests need the ADBC venv. Run \
+                 `export SLUICE_PYTHON=$(scripts/python-venv.sh)` (scripts/test.sh does this)"
+            )
+        });
+        let script = workspace_root().join("tests/python/adbc_client.py");
+        let scheme = if matches!(tls, Tls::Off) { "grpc" } else { "grpc+tls" };
+        let uri = format!("{scheme}://{flight}");
+        let mut cmd = Command::new(python);
+        cmd.arg(script).arg(args[0]).args(["--uri", &uri]).args(&args[1..]);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        if matches!(tls, Tls::TrustTestCa) {
+            cmd.arg("--tls-ca").arg(self.path("ca.pem"));
+        }
+        let out = cmd.output().expect("run python");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let line = stdout.lines().last().unwrap_or_default();
+        let value = serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!("ADBC client {args:?}: {e}\nstdout: {stdout}\nstderr: {stderr}")
+        });
+        (value, out.status.success())
+    }
+
+    fn endpoint(&self, flight: &str, token: Option<&str>) -> FlightSqlEndpoint {
+        FlightSqlEndpoint {
+            addr: flight.parse().expect("addr"),
+            token: token.map(str::to_string),
+            tls_ca: Some(self.path("ca.pem")),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Tls {
+    TrustTestCa,
+    NoCa,
+    Off,
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it.
+fn write_certs(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "sluice test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("ca key")).expect("ca");
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("params");
+    server.distinguished_name.push(DnType::CommonName, "sluice scheduler");
+    let key = KeyPair::generate().expect("key");
+    let cert = server.signed_by(&key, &ca).expect("sign");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("ca.pem");
+    std::fs::write(dir.join("server.pem"), cert.pem()).expect("server.pem");
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("server.key");
+}
+
+fn read_ipc(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).expect("open result");
+    datafusion::arrow::ipc::reader::FileReader::try_new(file, None)
+        .expect("arrow file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("batches")
+}
+
+/// Single-node DataFusion over the same catalog: the reference answers.
+fn local_context(catalog: &Path) -> SessionContext {
+    let ctx = SessionContext::new();
+    let schema = CatalogSchema::new(FileCatalog::new(catalog), ctx.runtime_env());
+    ctx.catalog("datafusion")
+        .expect("catalog")
+        .register_schema("public", Arc::new(schema))
+        .expect("schema");
+    ctx
+}
+
+fn assert_ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Acceptance: a Python ADBC session with a token reads a backfilled feature
+/// table (and TPC-H Q1/Q3/Q5/Q10), equal to DataFusion; the catalog lists
+/// them through `adbc_get_objects` and survives a scheduler restart.
+#[test]
+fn adbc_reads_backfilled_features_and_tpch_with_a_token_over_tls() {
+    let setup = Setup::new();
+    let data = setup.data();
+    sluice_client::datagen::tpch::generate(0.01, &data.join("tpch")).expect("tpch");
+    let start = NaiveDate::from_ymd_opt(2024, 1, 1).expect("date");
+    let churn = ChurnConfig { users: 300, start, days: 60, seed: 5, ..ChurnConfig::default() };
+    sluice_client::datagen::churn::generate(&churn, &data.join("churn")).expect("churn");
+    let (cluster, flight) = setup.start(2);
+
+    for table in ["lineitem", "orders", "customer", "supplier", "nation", "region"] {
+        let path = data.join("tpch").join(table).display().to_string();
+        assert_ok(&setup.sluice(&flight, &["table", "register", table, &path]), "table register");
+    }
+    let out = data.join("features");
+    let spec = workspace_root().join("sql/jobs/churn.yaml");
+    let backfill = setup.sluice(
+        &flight,
+        &[
+            "backfill",
+            &spec.display().to_string(),
+            "--from",
+            "2024-02-01",
+            "--to",
+            "2024-02-29",
+            "--data-dir",
+            &data.join("churn").display().to_string(),
+            "--output",
+            &out.display().to_string(),
+            "--scheduler",
+            cluster.scheduler_addr(),
+        ],
+    );
+    assert_ok(&backfill, "backfill");
+    assert!(String::from_utf8_lossy(&backfill.stderr).contains("registered table churn_features"));
+
+    // The catalog, as ADBC sees it.
+    let (objects, ok) = setup.adbc(&flight, Some(READ), Tls::TrustTestCa, &["objects"]);
+    assert!(ok, "{objects}");
+    let names: Vec<&str> = objects["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .filter_map(|t| t["table"].as_str())
+        .collect();
+    for t in ["churn_features", "lineitem", "orders"] {
+        assert!(names.contains(&t), "{t} missing from adbc_get_objects: {names:?}");
+    }
+
+    let local = local_context(&setup.path("catalog.json"));
+    let rt = sluice_proto::runtime().expect("runtime");
+    let mut queries: Vec<(String, String)> = [1, 3, 5, 10]
+        .iter()
+        .map(|q| (format!("q{q}"), sluice_sql::tpch::query(*q).expect("query").to_string()))
+        .collect();
+    queries.push((
+        "features_by_date".into(),
+        "SELECT feature_date, count(*) AS users, sum(total_spend_30d) AS spend \
+         FROM churn_features GROUP BY feature_date ORDER BY feature_date"
+            .into(),
+    ));
+    queries.push((
+        "feature_lookup".into(),
+        "SELECT * FROM churn_features WHERE user_id = 42 ORDER BY feature_date".into(),
+    ));
+    for (name, sql) in &queries {
+        let file = setup.path(&format!("{name}.arrow"));
+        let file_arg = file.display().to_string();
+        let (reply, ok) = setup.adbc(
+            &flight,
+            Some(READ),
+            Tls::TrustTestCa,
+            &["query", "--sql", sql, "--out", &file_arg],
+        );
+        assert!(ok, "{name}: {reply}");
+        let answer = read_ipc(&file);
+        let expected = rt.block_on(async {
+            local.sql(sql).await.expect("plan locally").collect().await.expect("run locally")
+        });
+        let rows: usize = expected.iter().map(RecordBatch::num_rows).sum();
+        assert!(rows > 0, "{name}: the reference answer is empty; the test data is too small");
+        sluice_client::verify::compare(&expected, &answer, true).unwrap_or_else(|e| {
+            panic!("{name} over ADBC differs from DataFusion: {e}\n{}", cluster.logs())
+        });
+    }
+
+    // A new scheduler on the same catalog file serves the same tables.
+    drop(cluster);
+    let args = setup.scheduler_args();
+    let mut all = vec!["--bind".to_string(), "127.0.0.1:0".to_string()];
+    all.extend(args);
+    let restarted = Proc::spawn(
+        "scheduler-2",
+        &bin("sluice-scheduler"),
+        &all,
+        setup.dir.path(),
+        Duration::from_secs(60),
+    )
+    .expect("restart");
+    let flight = restarted.listening("flight-sql", Duration::from_secs(30)).expect("flight-sql");
+    let (objects, ok) = setup.adbc(&flight, Some(READ), Tls::TrustTestCa, &["objects"]);
+    assert!(ok, "{objects}");
+    let again: Vec<&str> = objects["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .filter_map(|t| t["table"].as_str())
+        .collect();
+    assert_eq!(again, names, "the catalog changed across the restart");
+}
+
+/// Acceptance: unauthenticated and wrong-token calls, forged tickets, paths
+/// outside the data roots, statements above the token's role, and clients
+/// that do not trust the server's certificate all get no data.
+#[test]
+fn flight_sql_refuses_bad_tokens_forged_tickets_and_paths_outside_roots() {
+    let setup = Setup::new();
+    let data = setup.data();
+    sluice_client::datagen::tpch::generate(0.01, &data.join("tpch")).expect("tpch");
+    let (cluster, flight) = setup.start(1);
+    let nation = data.join("tpch/nation").display().to_string();
+    assert_ok(&setup.sluice(&flight, &["table", "register", "nation", &nation]), "register");
+    let query = ["error", "--sql", "SELECT * FROM nation"];
+
+    // The same query works with a good token (so the refusals below are about the token).
+    let (ok_reply, _) = setup.adbc(
+        &flight,
+        Some(READ),
+        Tls::TrustTestCa,
+        &["error", "--sql", "SELECT count(*) FROM nation"],
+    );
+    assert_eq!(ok_reply["rows"], 1, "a read token cannot query: {ok_reply}");
+
+    for (label, token) in
+        [("no token", None), ("wrong token", Some("not-a-token-0123456789abcdef"))]
+    {
+        let (reply, refused) = setup.adbc(&flight, token, Tls::TrustTestCa, &query);
+        assert!(refused, "{label}: got data: {reply}");
+        assert_eq!(reply["status"], "UNAUTHENTICATED", "{label}: {reply}");
+    }
+
+    // Statements above the token's role.
+    let ddl = format!("CREATE EXTERNAL TABLE n2 STORED AS PARQUET LOCATION '{nation}/'");
+    let (reply, refused) =
+        setup.adbc(&flight, Some(READ), Tls::TrustTestCa, &["error", "--sql", &ddl]);
+    assert!(
+        refused && reply["error"].as_str().unwrap_or_default().contains("admin role"),
+        "{reply}"
+    );
+
+    // Paths outside the data roots: DDL with the admin token, and the catalog.
+    let outside = "CREATE EXTERNAL TABLE pw STORED AS CSV LOCATION '/etc/passwd'";
+    let (reply, refused) =
+        setup.adbc(&flight, Some(ADMIN), Tls::TrustTestCa, &["error", "--sql", outside]);
+    assert!(refused, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap_or_default().contains("outside the data roots"),
+        "{reply}"
+    );
+    let escape = format!("{}/../tokens", data.display());
+    let register =
+        setup.sluice(&flight, &["table", "register", "tokens", &escape, "--format", "csv"]);
+    assert!(!register.status.success(), "registered a path outside the roots");
+    assert!(String::from_utf8_lossy(&register.stderr).contains("outside the data roots"));
+    let list = setup.sluice(&flight, &["table", "list"]);
+    assert_ok(&list, "table list");
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains("tokens"),
+        "a refused table was registered"
+    );
+
+    // Forged tickets: a partition fetch naming a host that is no executor,
+    // and a raw Ballista ticket (the unauthenticated fallback path).
+    let rt = sluice_proto::runtime().expect("runtime");
+    rt.block_on(async {
+        let fetch = protobuf::FetchPartition {
+            job_id: "forged".into(),
+            stage_id: 1,
+            partition_id: 0,
+            host: "169.254.169.254".into(),
+            port: 80,
+            ..Default::default()
+        };
+        let action = protobuf::Action {
+            action_type: Some(protobuf::action::ActionType::FetchPartition(fetch)),
+            ..Default::default()
+        };
+        let mut handle = vec![0u8];
+        handle.extend(action.encode_to_vec());
+        let statement = TicketStatementQuery { statement_handle: handle.into() };
+        let tickets = [
+            ("forged executor", statement.as_any().encode_to_vec(), "not a registered executor"),
+            ("raw Ballista ticket", action.encode_to_vec(), "not a Flight SQL ticket"),
+        ];
+        let channel = setup.endpoint(&flight, None).channel().await.expect("channel");
+        for (label, ticket, why) in tickets {
+            let mut client = FlightServiceClient::new(channel.clone());
+            let mut request = tonic::Request::new(Ticket { ticket: ticket.clone().into() });
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {ADMIN}").parse().expect("header"));
+            let err =
+                client.do_get(request).await.err().unwrap_or_else(|| panic!("{label}: accepted"));
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{label}: {err}");
+            assert!(err.message().contains(why), "{label}: {err}");
+            // Without a token the same ticket is unauthenticated.
+            let err =
+                client.do_get(Ticket { ticket: ticket.into() }).await.err().expect("no token");
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{label}: {err}");
+        }
+    });
+    assert!(
+        !cluster.scheduler.log_text().contains("169.254.169.254:80"),
+        "the scheduler tried to connect to the forged host"
+    );
+
+    // TLS: a client that does not trust the test CA, and a plaintext client, get nothing.
+    let (reply, refused) = setup.adbc(&flight, Some(READ), Tls::NoCa, &query);
+    assert!(refused, "untrusted certificate accepted: {reply}");
+    let (reply, refused) = setup.adbc(&flight, Some(READ), Tls::Off, &query);
+    assert!(refused, "plaintext accepted on the TLS port: {reply}");
+}

@@ -11,8 +11,10 @@
 //!
 //! `churn` times the tiled backfill against the naive per-date loop; `skew`
 //! measures task balance of the backfill on Zipf-skewed and uniform data with
-//! skew handling on and off (see `skew.rs`).
+//! skew handling on and off (see `skew.rs`); `flight-sql` measures ADBC latency
+//! and throughput through the Flight SQL endpoint (see `flight.rs`).
 
+mod flight;
 mod skew;
 
 #[global_allocator]
@@ -82,6 +84,22 @@ enum Bench {
         #[arg(long, default_value_t = 0)]
         vcores: usize,
     },
+    /// Flight SQL: ADBC latency (SELECT 1, feature point lookup) and result throughput.
+    FlightSql {
+        /// Statements per latency measurement.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        /// Size of the bulk result, in GB of Arrow data.
+        #[arg(long, default_value_t = 1.0)]
+        result_gb: f64,
+        /// Users in the churn data behind the feature table.
+        #[arg(long, default_value_t = 2000)]
+        users: u64,
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        #[arg(long, default_value_t = 0)]
+        vcores: usize,
+    },
     /// Skew: per-task balance of the churn backfill's heaviest stage on Zipf-skewed and
     /// uniform data, skew handling (sluice.skew.enabled) on and off.
     Skew {
@@ -108,6 +126,15 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Bench::FlightSql { runs, result_gb, users, executors, vcores } => {
+            flight::run(&flight::FlightBench {
+                runs: runs.max(1),
+                result_gb,
+                users,
+                executors,
+                vcores,
+            })
+        }
         Bench::Skew { users, dates, zipf, partitions, iterations, executors, vcores } => {
             skew::run(&skew::SkewBench {
                 users,

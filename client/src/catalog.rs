@@ -104,6 +104,38 @@ impl FlightSqlEndpoint {
     }
 }
 
+/// Runs a query through the Flight SQL endpoint (the path ADBC and JDBC
+/// clients take) and collects its result.
+///
+/// # Errors
+/// [`Error::Query`] with the server's message (and its gRPC code).
+pub async fn run_sql_flight(
+    endpoint: &FlightSqlEndpoint,
+    sql: &str,
+) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>> {
+    use futures::TryStreamExt;
+    let mut client =
+        arrow_flight::sql::client::FlightSqlServiceClient::new(endpoint.channel().await?);
+    if let Some(token) = &endpoint.token {
+        client.set_token(token.clone());
+    }
+    let failed = |e: arrow_flight::error::FlightError| Error::Query {
+        message: e.to_string(),
+        class: sluice_proto::ErrorClass::User,
+    };
+    let info = client.execute(sql.to_string(), None).await.map_err(failed)?;
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint.ticket.ok_or_else(|| Error::Query {
+            message: "the server sent an endpoint without a ticket".into(),
+            class: sluice_proto::ErrorClass::Internal,
+        })?;
+        let stream = client.do_get(ticket).await.map_err(failed)?;
+        batches.extend(stream.try_collect::<Vec<_>>().await.map_err(failed)?);
+    }
+    Ok(batches)
+}
+
 fn json_error(e: serde_json::Error) -> Error {
     Error::Query {
         message: format!("bad reply from the scheduler: {e}"),

@@ -55,6 +55,16 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        /// Query a scheduler's Flight SQL endpoint instead (catalog tables; token from
+        /// --token-file or SLUICE_TOKEN; --tls-ca for TLS).
+        #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["scheduler", "standalone", "tables", "settings"])]
+        flight_sql: Option<HostPort>,
+        /// File holding the Flight SQL token.
+        #[arg(long, value_name = "FILE", requires = "flight_sql")]
+        token_file: Option<PathBuf>,
+        /// CA certificate (PEM) of a TLS Flight SQL endpoint.
+        #[arg(long, value_name = "FILE", requires = "flight_sql")]
+        tls_ca: Option<PathBuf>,
         /// The SQL statement.
         sql: String,
     },
@@ -294,7 +304,20 @@ async fn run_table(what: TableCommand) -> Result<(), Error> {
 
 async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
-        Command::Sql { scheduler, standalone: _, tables, settings, format, sql } => {
+        Command::Sql { flight_sql: Some(addr), token_file, tls_ca, format, sql, .. } => {
+            let endpoint = sluice_client::catalog::FlightSqlEndpoint {
+                addr,
+                token: sluice_client::catalog::read_token(token_file.as_deref())?,
+                tls_ca,
+            };
+            let batches = sluice_client::catalog::run_sql_flight(&endpoint, &sql).await?;
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            sluice_client::format::write(&mut lock, &batches, format)
+                .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?;
+            Ok(())
+        }
+        Command::Sql { scheduler, standalone: _, tables, settings, format, sql, .. } => {
             let target = match scheduler {
                 Some(addr) => Target::Scheduler(addr),
                 None => Target::Standalone,

@@ -588,12 +588,7 @@ pub async fn serve(
             ),
         });
     }
-    let listener = tokio::net::TcpListener::bind((config.bind.host.as_str(), config.bind.port))
-        .await
-        .map_err(|source| Error::Bind { addr: config.bind.clone(), source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| Error::Bind { addr: config.bind.clone(), source })?;
+    let (listener, local_addr) = crate::bind(&config.bind).await?;
     let proxy = BallistaFlightProxyService::new(256 * 1024 * 1024, 256 * 1024 * 1024, false, None);
     let backend = Arc::new(Backend { scheduler: Arc::clone(&scheduler) });
     let inner = BallistaFlightSqlService::new(backend, proxy)

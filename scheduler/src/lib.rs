@@ -102,12 +102,7 @@ fn ballista_config(
 /// [`Error::Bind`] when the address cannot be bound; [`Error::Server`] when
 /// Ballista rejects the configuration.
 pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> {
-    let listener = tokio::net::TcpListener::bind((config.bind.host.as_str(), config.bind.port))
-        .await
-        .map_err(|source| Error::Bind { addr: config.bind.clone(), source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| Error::Bind { addr: config.bind.clone(), source })?;
+    let (listener, local_addr) = bind(&config.bind).await?;
     let endpoint = match &config.advertise {
         Some(a) if a.port != 0 => a.clone(),
         Some(a) => HostPort::new(a.host.clone(), local_addr.port()),
@@ -158,6 +153,19 @@ pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> 
     };
     let task = tokio::spawn(start_grpc_service_with_listener(listener, server));
     Ok(RunningScheduler { local_addr, endpoint, task, flight_sql })
+}
+
+/// Binds `addr` (port 0 picks a free port); returns the listener and the
+/// address it got.
+///
+/// # Errors
+/// [`Error::Bind`] naming the address.
+pub(crate) async fn bind(addr: &HostPort) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let bind_error = |source| Error::Bind { addr: addr.clone(), source };
+    let listener =
+        tokio::net::TcpListener::bind((addr.host.as_str(), addr.port)).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local_addr))
 }
 
 /// The host to advertise when only a bind address is given: a wildcard bind

@@ -297,6 +297,7 @@ fn churn(
         parallel: 2,
         settings: vec![],
         progress: false,
+        token: None,
     };
     println!(
         "churn backfill: {users} users, {dates} feature dates ({first}..{last}), process cluster 1 scheduler + {executors} executors x {vcores} slots, chunk {chunk_days} days"

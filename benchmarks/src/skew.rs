@@ -200,6 +200,7 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
                         ("sluice.skew.enabled".into(), skew.to_string()),
                     ],
                     progress: false,
+                    token: None,
                 };
                 let since = now_ms();
                 let t = Instant::now();

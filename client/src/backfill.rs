@@ -36,7 +36,7 @@ use sluice_sql::job::{plan, quality};
 use sluice_sql::options::SluiceOptions;
 use sluice_sql::tables::{TableFormat, TableSource};
 
-use crate::connect::{Target, connect, run_sql};
+use crate::connect::{Target, connect_as, run_sql};
 use crate::error::{Error, Result};
 
 /// What to backfill and where.
@@ -56,6 +56,8 @@ pub struct BackfillOptions {
     pub settings: Vec<(String, String)>,
     /// Draw a progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// Token for a scheduler that checks them.
+    pub token: Option<String>,
 }
 
 /// The outcome of one expectation on one chunk.
@@ -544,7 +546,7 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
         })?;
         tables.push(source);
     }
-    let conn = connect(&opts.target, &opts.settings, &tables).await?;
+    let conn = connect_as(&opts.target, opts.token.as_deref(), &opts.settings, &tables).await?;
     validate_against_data(&conn.ctx, &spec, &spec_label).await?;
     let types = partial_types(&conn.ctx, &spec).await?;
     let skew = sluice_sql::options::of_session(&conn.ctx);
@@ -572,7 +574,7 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
         // picks join strategies (broadcast or partitioned) only at run time:
         // run the chunk's write and show the plan the scheduler executed.
         let copy = |dir: &str| plan::copy_statement(&spec, first, last, &types, &plan_opts, dir);
-        text.push_str(&executed_plan(&conn.ctx, scheduler, copy).await?);
+        text.push_str(&executed_plan(&conn.ctx, scheduler, conn.token.as_deref(), copy).await?);
         return Ok(text);
     }
     let verb = if analyze { "EXPLAIN ANALYZE" } else { "EXPLAIN" };
@@ -598,6 +600,7 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
 async fn executed_plan(
     ctx: &SessionContext,
     scheduler: &sluice_proto::HostPort,
+    token: Option<&str>,
     copy: impl Fn(&str) -> String,
 ) -> Result<String> {
     let dir = tempfile::Builder::new()
@@ -612,7 +615,7 @@ async fn executed_plan(
     run_sql(ctx, &copy(&format!("{}/", dir.path().display()))).await?;
     let rest = |path: String| async move {
         let addr = scheduler.to_string();
-        match crate::http::get(&addr, &path, std::time::Duration::from_secs(10)).await {
+        match crate::http::get_as(&addr, &path, token, std::time::Duration::from_secs(10)).await {
             Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).map_err(|e| {
                 Error::Sql { message: format!("scheduler {addr}{path}: not JSON: {e}") }
             }),

@@ -29,6 +29,8 @@ pub struct Connection {
     pub ctx: SessionContext,
     /// The scheduler (none for [`Target::Local`]).
     pub scheduler: Option<HostPort>,
+    /// The token sent to the scheduler, if any.
+    pub token: Option<String>,
     _embedded: Option<EmbeddedCluster>,
 }
 
@@ -69,6 +71,20 @@ pub async fn connect(
     settings: &[(String, String)],
     tables: &[TableSource],
 ) -> Result<Connection> {
+    connect_as(target, None, settings, tables).await
+}
+
+/// [`connect`] with a token for a scheduler that checks them (`--auth-token-file`):
+/// sent as `authorization: Bearer TOKEN` on every call to the scheduler.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_as(
+    target: &Target,
+    token: Option<&str>,
+    settings: &[(String, String)],
+    tables: &[TableSource],
+) -> Result<Connection> {
     if let Target::Local = target {
         let mut config = session::local_session_config();
         session::apply_settings(&mut config, settings)?;
@@ -78,11 +94,16 @@ pub async fn connect(
         for t in tables {
             t.register(&ctx).await?;
         }
-        return Ok(Connection { ctx, scheduler: None, _embedded: None });
+        return Ok(Connection { ctx, scheduler: None, token: None, _embedded: None });
     }
     // Validate everything local before touching the network.
     let mut config = session::cluster_session_config();
     session::apply_settings(&mut config, settings)?;
+    if let Some(token) = token {
+        use ballista::prelude::SessionConfigExt;
+        let metadata = [("authorization".to_string(), format!("Bearer {token}"))];
+        config = config.with_ballista_grpc_metadata(metadata.into_iter().collect());
+    }
     let (scheduler, embedded) = match target {
         Target::Scheduler(addr) => {
             check_reachable(addr).await?;
@@ -103,7 +124,12 @@ pub async fn connect(
     for t in tables {
         t.register(&ctx).await?;
     }
-    Ok(Connection { ctx, scheduler: Some(scheduler), _embedded: embedded })
+    Ok(Connection {
+        ctx,
+        scheduler: Some(scheduler),
+        token: token.map(str::to_string),
+        _embedded: embedded,
+    })
 }
 
 /// Runs one SQL statement and collects its result.

@@ -59,8 +59,9 @@ enum Command {
         /// --token-file or SLUICE_TOKEN; --tls-ca for TLS).
         #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["scheduler", "standalone", "tables", "settings"])]
         flight_sql: Option<HostPort>,
-        /// File holding the Flight SQL token.
-        #[arg(long, value_name = "FILE", requires = "flight_sql")]
+        /// File holding the token for --flight-sql, or for a --scheduler started with
+        /// --auth-token-file (an admin token); else SLUICE_TOKEN.
+        #[arg(long, value_name = "FILE", conflicts_with = "standalone")]
         token_file: Option<PathBuf>,
         /// CA certificate (PEM) of a TLS Flight SQL endpoint.
         #[arg(long, value_name = "FILE", requires = "flight_sql")]
@@ -164,7 +165,8 @@ struct CatalogArgs {
     /// A scheduler's Flight SQL endpoint: use its catalog.
     #[arg(long, env = "SLUICE_FLIGHT_SQL", value_name = "HOST:PORT")]
     flight_sql: Option<HostPort>,
-    /// File holding the token (else SLUICE_TOKEN).
+    /// File holding the token (else SLUICE_TOKEN): for --flight-sql, and for a --scheduler
+    /// that checks tokens.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) of a TLS endpoint.
@@ -317,10 +319,22 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?;
             Ok(())
         }
-        Command::Sql { scheduler, standalone: _, tables, settings, format, sql, .. } => {
-            let target = match scheduler {
-                Some(addr) => Target::Scheduler(addr),
-                None => Target::Standalone,
+        Command::Sql {
+            scheduler,
+            standalone: _,
+            tables,
+            settings,
+            format,
+            token_file,
+            sql,
+            ..
+        } => {
+            let (target, token) = match scheduler {
+                Some(addr) => (
+                    Target::Scheduler(addr),
+                    sluice_client::catalog::read_token(token_file.as_deref())?,
+                ),
+                None => (Target::Standalone, None),
             };
             let tables =
                 tables.iter().map(|t| TableSource::parse(t)).collect::<Result<Vec<_>, _>>()?;
@@ -328,7 +342,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 .iter()
                 .map(|s| sluice_sql::session::parse_setting(s))
                 .collect::<Result<Vec<_>, _>>()?;
-            let conn = sluice_client::connect(&target, &settings, &tables).await?;
+            let conn =
+                sluice_client::connect::connect_as(&target, token.as_deref(), &settings, &tables)
+                    .await?;
             let batches = sluice_client::connect::run_sql_salted(&conn.ctx, &sql).await?;
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
@@ -422,6 +438,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     .map(|s| sluice_sql::session::parse_setting(s))
                     .collect::<Result<Vec<_>, _>>()?,
                 progress: !json,
+                token: if local {
+                    None
+                } else {
+                    sluice_client::catalog::read_token(catalog.token_file.as_deref())?
+                },
             };
             if explain {
                 print!("{}", sluice_client::backfill::explain(&opts, analyze).await?);

@@ -9,8 +9,8 @@
 //!                                  └ sluice.table.* actions: the persistent catalog
 //! ```
 //!
-//! The scheduler port itself (executors' gRPC, REST) stays cluster-internal:
-//! bind it to the cluster network. Clients need only this port.
+//! The scheduler port itself checks the same tokens on the calls clients
+//! make there (see `gate`); executors' calls on it stay cluster-internal.
 //!
 //! Ballista's frontend keeps its own session tokens, minted by a handshake.
 //! Sluice's tokens are static (a file, one per line), so this layer checks
@@ -122,6 +122,25 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// The role of an `authorization` header's token (`Bearer TOKEN`, or
+    /// `Basic` credentials whose password is the token); the reason it is
+    /// refused otherwise.
+    pub fn role_of(&self, header: Option<&str>) -> std::result::Result<Role, &'static str> {
+        let Some(value) = header else {
+            return Err("missing token: send `authorization: Bearer TOKEN` (ADBC: \
+                        adbc.flight.sql.authorization_header; sluice: --token-file or SLUICE_TOKEN)");
+        };
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::to_string)
+            .or_else(|| basic_password(value))
+            .ok_or("expected a Bearer token")?;
+        self.by_token.get(&token).copied().ok_or("unknown token")
+    }
+}
+
 /// Configuration of the Flight SQL endpoint.
 #[derive(Debug, Clone)]
 pub struct FlightSqlConfig {
@@ -229,22 +248,14 @@ impl SluiceFlightSql {
     /// Checks the call's credentials; returns the caller's role.
     fn authorize(&self, metadata: &MetadataMap) -> std::result::Result<Role, Status> {
         let Some(tokens) = &self.tokens else { return Ok(Role::Admin) };
-        let Some(value) = metadata.get("authorization") else {
-            return Err(Status::unauthenticated(
-                "missing token: send `authorization: Bearer TOKEN` (ADBC: \
-                 adbc.flight.sql.authorization_header)",
-            ));
+        let value = match metadata.get("authorization") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| Status::unauthenticated("malformed authorization header"))?,
+            ),
         };
-        let value = value
-            .to_str()
-            .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::to_string)
-            .or_else(|| basic_password(value))
-            .ok_or_else(|| Status::unauthenticated("expected a Bearer token"))?;
-        tokens.by_token.get(&token).copied().ok_or_else(|| Status::unauthenticated("unknown token"))
+        tokens.role_of(value).map_err(Status::unauthenticated)
     }
 
     /// Authorizes a request and strips its credentials before it reaches

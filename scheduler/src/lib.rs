@@ -14,6 +14,7 @@
 pub mod config;
 pub mod error;
 pub mod flight_sql;
+mod gate;
 pub mod recovery;
 
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_scheduler::scheduler_process::create_scheduler;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use sluice_proto::HostPort;
 use sluice_sql::catalog::FileCatalog;
@@ -38,7 +39,7 @@ pub struct RunningScheduler {
     pub local_addr: SocketAddr,
     /// The address executors and clients are told to use.
     pub endpoint: HostPort,
-    task: JoinHandle<ballista_core::error::Result<()>>,
+    task: JoinHandle<std::io::Result<()>>,
     /// The Flight SQL endpoint, when `flight_sql_bind` is set.
     pub flight_sql: Option<flight_sql::RunningFlightSql>,
 }
@@ -51,7 +52,7 @@ impl RunningScheduler {
     pub async fn wait(self) -> Result<()> {
         match self.task.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(Error::Server { source }),
+            Ok(Err(e)) => Err(Error::Stopped { reason: e.to_string() }),
             Err(e) => Err(Error::Stopped { reason: e.to_string() }),
         }
     }
@@ -139,7 +140,7 @@ pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> 
         Some(bind) => {
             let flight = flight_sql::FlightSqlConfig {
                 bind: bind.clone(),
-                tokens,
+                tokens: tokens.clone(),
                 allow_anonymous: config.allow_anonymous,
                 tls_cert: config.tls_cert.clone(),
                 tls_key: config.tls_key.clone(),
@@ -151,7 +152,7 @@ pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> 
         }
         None => None,
     };
-    let task = tokio::spawn(start_grpc_service_with_listener(listener, server));
+    let task = tokio::spawn(gate::serve(listener, server, tokens));
     Ok(RunningScheduler { local_addr, endpoint, task, flight_sql })
 }
 

@@ -219,6 +219,14 @@ pub fn clean_df_message(e: &DataFusionError) -> String {
             break;
         }
     }
+    // A gRPC status from the scheduler arrives in its Debug form.
+    if let Some(start) = msg.find("Status { code: ") {
+        let rest = &msg[start + "Status { code: ".len()..];
+        if let Some((code, tail)) = rest.split_once(", message: \"") {
+            let text = tail.split("\", metadata:").next().unwrap_or(tail).replace("\\\"", "\"");
+            msg = format!("{}{text} (gRPC {code})", &msg[..start]);
+        }
+    }
     msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -228,6 +236,19 @@ mod tests {
 
     fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn grpc_status_is_shown_as_its_message_and_code() {
+        let e = DataFusionError::Execution(
+            "Status { code: Unauthenticated, message: \"missing token: send `authorization`\", \
+             metadata: MetadataMap { headers: {} }, source: None }"
+                .to_string(),
+        );
+        assert_eq!(
+            clean_df_message(&e),
+            "missing token: send `authorization` (gRPC Unauthenticated)"
+        );
     }
 
     #[test]

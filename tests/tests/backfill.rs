@@ -53,6 +53,7 @@ fn options(data: &Path, out: &Path, target: Target, from: &str, to: &str) -> Bac
         parallel: 2,
         settings: vec![],
         progress: false,
+        token: None,
     }
 }
 

@@ -431,3 +431,52 @@ fn flight_sql_refuses_bad_tokens_forged_tickets_and_paths_outside_roots() {
     let (reply, refused) = setup.adbc(&flight, Some(READ), Tls::Off, &query);
     assert!(refused, "plaintext accepted on the TLS port: {reply}");
 }
+
+/// The scheduler port checks the same tokens on the calls clients make
+/// there (Ballista's gRPC and REST), while executors keep registering and
+/// running tasks on it.
+#[test]
+fn scheduler_port_checks_tokens_on_client_calls() {
+    let setup = Setup::new();
+    let data = setup.data();
+    sluice_client::datagen::tpch::generate(0.01, &data.join("tpch")).expect("tpch");
+    std::fs::write(setup.path("read.token"), format!("{READ}\n")).expect("token");
+    let (cluster, _flight) = setup.start(1);
+    let nation = format!("nation={}", data.join("tpch/nation").display());
+    let sql = |token: Option<&str>| {
+        let mut cmd = Command::new(bin("sluice"));
+        cmd.args(["sql", "--scheduler", cluster.scheduler_addr(), "--format", "csv"])
+            .args(["--table", &nation, "SELECT count(*) AS n FROM nation"])
+            .env_remove("SLUICE_SCHEDULER")
+            .env_remove("SLUICE_TOKEN");
+        if let Some(t) = token {
+            cmd.arg("--token-file").arg(setup.path(t));
+        }
+        cmd.output().expect("run sluice")
+    };
+
+    let out = sql(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran without a token: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("missing token"), "{stderr}");
+    let out = sql(Some("read.token"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a read token submitted a plan");
+    assert!(stderr.contains("needs an admin token"), "{stderr}");
+    let out = sql(Some("admin.token"));
+    assert_ok(&out, "sluice sql --scheduler with the admin token");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "n\n25");
+
+    let rt = sluice_proto::runtime().expect("runtime");
+    rt.block_on(async {
+        use sluice_client::http::get_as;
+        let addr = cluster.scheduler_addr();
+        let t = Duration::from_secs(10);
+        let (status, body) = get_as(addr, "/api/jobs", None, t).await.expect("GET");
+        assert_eq!(status, 401, "REST without a token: {body}");
+        let (status, body) = get_as(addr, "/api/jobs", Some(READ), t).await.expect("GET");
+        assert_eq!(status, 200, "REST with a read token: {body}");
+        let (status, _) = get_as(addr, "/readyz", None, t).await.expect("GET");
+        assert_eq!(status, 200, "probes stay open");
+    });
+}

@@ -1,0 +1,178 @@
+//! The scheduler port: Ballista's scheduler gRPC service, its REST API and
+//! the health probes, served with Sluice's tokens checked on the calls a
+//! client makes.
+//!
+//! ```text
+//!   /ballista.protobuf.SchedulerGrpc/ExecuteQuery, GetJobStatus, CancelJob…  admin token
+//!   /ballista.protobuf.SchedulerGrpc/RegisterExecutor, PollWork, HeartBeat…  executors: cluster network
+//!   /api/…                                                                   GET: any token; else admin
+//!   /healthz, /readyz                                                        open (probes)
+//! ```
+//!
+//! Submitting a plan over Ballista's gRPC can write (`COPY`, `INSERT`), so
+//! it takes the admin role; read-only clients use the Flight SQL endpoint.
+//! Executors cannot send a token on Ballista's client, so their calls are
+//! left to the network: bind the scheduler port to the cluster network.
+//!
+//! Sluice serves the port itself (instead of Ballista's
+//! `start_grpc_service_with_listener`) to put the check in front of every
+//! route; the embedded Flight proxy it could mount is off in Sluice (tickets
+//! go through the Flight SQL endpoint's allow-list instead).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_scheduler::api::get_routes;
+use ballista_scheduler::scheduler_server::SchedulerServer;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use tonic::service::RoutesBuilder;
+
+use crate::flight_sql::{Role, Tokens};
+
+type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
+
+const GRPC_PREFIX: &str = "/ballista.protobuf.SchedulerGrpc/";
+
+/// Scheduler gRPC methods that executors call; every other method is a
+/// client's.
+const EXECUTOR_METHODS: &[&str] = &[
+    "RegisterExecutor",
+    "PollWork",
+    "HeartBeatFromExecutor",
+    "UpdateTaskStatus",
+    "ExecutorStopped",
+];
+
+/// What a request needs.
+#[derive(Debug, PartialEq, Eq)]
+enum Need {
+    Nothing,
+    AnyToken,
+    Admin,
+}
+
+fn need(method: &Method, path: &str) -> Need {
+    if let Some(rpc) = path.strip_prefix(GRPC_PREFIX) {
+        if EXECUTOR_METHODS.contains(&rpc) { Need::Nothing } else { Need::Admin }
+    } else if path == "/healthz" || path == "/readyz" {
+        Need::Nothing
+    } else if method == Method::GET || method == Method::HEAD {
+        Need::AnyToken
+    } else {
+        Need::Admin
+    }
+}
+
+/// Refuses a request: a gRPC status for gRPC paths, HTTP 401/403 otherwise.
+fn refuse(grpc: bool, status: tonic::Status) -> Response {
+    if grpc {
+        return status.into_http::<axum::body::Body>();
+    }
+    let code = match status.code() {
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    (code, format!("{}\n", status.message())).into_response()
+}
+
+async fn check(State(tokens): State<Arc<Tokens>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let grpc = path.starts_with(GRPC_PREFIX);
+    let need = need(request.method(), path);
+    if need == Need::Nothing {
+        return next.run(request).await;
+    }
+    let header = match request.headers().get(header::AUTHORIZATION).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => {
+            return refuse(grpc, tonic::Status::unauthenticated("malformed authorization header"));
+        }
+    };
+    match tokens.role_of(header) {
+        Err(reason) => refuse(grpc, tonic::Status::unauthenticated(reason)),
+        Ok(Role::Read) if need == Need::Admin => refuse(
+            grpc,
+            tonic::Status::permission_denied(
+                "this call needs an admin token; read tokens query through the Flight SQL endpoint",
+            ),
+        ),
+        Ok(_) => next.run(request).await,
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> Response {
+    let alive = scheduler.state.executor_manager.get_executors_state().await.map_or(0, |e| e.len());
+    let required = scheduler.state.config.min_ready_executors;
+    if scheduler.is_ready() {
+        (StatusCode::OK, format!("ready: {alive} executors registered\n")).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {alive}/{required} executors registered\n"),
+        )
+            .into_response()
+    }
+}
+
+/// Serves the scheduler port until it fails; with `tokens`, client calls
+/// must carry one.
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    scheduler: Scheduler,
+    tokens: Option<Tokens>,
+) -> std::io::Result<()> {
+    let config = scheduler.state.config.clone();
+    let grpc = SchedulerGrpcServer::new(scheduler.clone())
+        .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
+        .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(grpc);
+    let scheduler = Arc::new(scheduler);
+    let mut app = get_routes(Arc::clone(&scheduler)).merge(routes.routes().into_axum_router());
+    if let Some(tokens) = tokens {
+        app = app.layer(axum::middleware::from_fn_with_state(Arc::new(tokens), check));
+    }
+    let health = axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(scheduler);
+    let app = app.merge(health).fallback(|| async { StatusCode::NOT_FOUND });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executors_calls_and_probes_are_open_client_calls_are_not() {
+        assert_eq!(need(&Method::POST, "/ballista.protobuf.SchedulerGrpc/PollWork"), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/readyz"), Need::Nothing);
+        assert_eq!(
+            need(&Method::POST, "/ballista.protobuf.SchedulerGrpc/ExecuteQuery"),
+            Need::Admin
+        );
+        assert_eq!(
+            need(&Method::POST, "/ballista.protobuf.SchedulerGrpc/GetJobStatus"),
+            Need::Admin
+        );
+        assert_eq!(need(&Method::GET, "/api/jobs"), Need::AnyToken);
+        assert_eq!(need(&Method::PATCH, "/api/job/abc"), Need::Admin);
+        // A method Ballista adds later is a client's until listed.
+        assert_eq!(need(&Method::POST, "/ballista.protobuf.SchedulerGrpc/NewThing"), Need::Admin);
+    }
+}

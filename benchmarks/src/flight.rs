@@ -118,7 +118,7 @@ pub fn run(b: &FlightBench) -> anyhow::Result<()> {
         parallel: 2,
         settings: Vec::new(),
         progress: false,
-        token: None,
+        token: Some(TOKEN.to_string()),
     }))?;
     let entry = |name: &str, path: &PathBuf, partitioned: bool| CatalogEntry {
         name: name.into(),

@@ -217,9 +217,20 @@ impl Drop for CancelOnDrop {
         }
         let scheduler = Arc::clone(&self.scheduler);
         let name = std::mem::take(&mut self.name);
+        tracing::info!(job_name = %name, "Flight SQL client went away before its query finished");
         tokio::spawn(async move {
-            let Ok(jobs) = scheduler.state.task_manager.get_running_jobs().await else { return };
-            for job in jobs.into_iter().filter(|j| j.job_name == name) {
+            use ballista_core::serde::protobuf::job_status::Status as S;
+            let jobs = match scheduler.state.task_manager.get_all_jobs().await {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(job_name = %name, error = %e, "cannot list jobs to cancel");
+                    return;
+                }
+            };
+            let unfinished = |j: &ballista_scheduler::state::task_manager::JobOverview| {
+                matches!(j.status.status, Some(S::Queued(_)) | Some(S::Running(_)) | None)
+            };
+            for job in jobs.into_iter().filter(|j| j.job_name == name && unfinished(j)) {
                 tracing::info!(job = %job.job_id, "client cancelled its Flight SQL query; cancelling the job");
                 if let Err(e) = scheduler.cancel_job(job.job_id.clone()).await {
                     tracing::warn!(job = %job.job_id, error = %e, "cancelling the job failed");

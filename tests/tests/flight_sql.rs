@@ -480,3 +480,93 @@ fn scheduler_port_checks_tokens_on_client_calls() {
         assert_eq!(status, 200, "probes stay open");
     });
 }
+
+/// A client that goes away mid-query cancels its job on the cluster, and
+/// the cluster is free for the next query.
+#[test]
+fn client_cancel_stops_the_job() {
+    let setup = Setup::new();
+    let data = setup.data();
+    sluice_client::datagen::tpch::generate(0.01, &data.join("tpch")).expect("tpch");
+    let (cluster, flight) = setup.start(1);
+    let lineitem = data.join("tpch/lineitem").display().to_string();
+    assert_ok(&setup.sluice(&flight, &["table", "register", "lineitem", &lineitem]), "register");
+    // ~500 M join pairs: minutes on this machine, so only a cancel ends it soon.
+    let long = "SELECT count(*) FROM lineitem a JOIN lineitem b ON a.l_linenumber = b.l_linenumber";
+    let rt = sluice_proto::runtime().expect("runtime");
+    rt.block_on(async {
+        use sluice_client::http::get_as;
+        let addr = cluster.scheduler_addr().to_string();
+        let jobs = || async {
+            let (status, body) =
+                get_as(&addr, "/api/jobs", Some(READ), Duration::from_secs(10)).await.expect("GET");
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<serde_json::Value>(&body).expect("jobs JSON")
+        };
+        let endpoint = setup.endpoint(&flight, Some(READ));
+        let query = tokio::spawn(async move {
+            sluice_client::catalog::run_sql_flight(&endpoint, long).await.map(|_| ())
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let job_id = loop {
+            let all = jobs().await;
+            let running = all.as_array().into_iter().flatten().find(|j| j["status"] == "Running");
+            if let Some(j) = running {
+                break j["job_id"].as_str().expect("job_id").to_string();
+            }
+            assert!(!query.is_finished(), "the long query ended by itself: {all}");
+            assert!(std::time::Instant::now() < deadline, "the query never ran: {all}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        query.abort();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let all = jobs().await;
+            let job = all
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|j| j["job_id"] == job_id.as_str())
+                .cloned()
+                .unwrap_or_default();
+            if job["status"] != "Running" && job["status"] != "Queued" {
+                let text = job["job_status"].as_str().unwrap_or_default().to_lowercase();
+                let log = cluster.scheduler.log_text();
+                let log: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.to_lowercase().contains("cancel") || l.contains("went away"))
+                    .collect();
+                assert!(text.contains("cancel"), "job ended but not cancelled: {job}\n{log:#?}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the job still runs 30 s after the cancel: {job}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The slots are free again: a small query answers.
+        let small = setup.endpoint(&flight, Some(READ));
+        let batches = tokio::time::timeout(
+            Duration::from_secs(60),
+            sluice_client::catalog::run_sql_flight(&small, "SELECT count(*) FROM lineitem"),
+        )
+        .await
+        .expect("a query after the cancel waited 60 s")
+        .expect("query after the cancel");
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    });
+}
+
+/// Without tokens the Flight SQL endpoint refuses a non-loopback address
+/// unless told `--allow-anonymous`.
+#[test]
+fn anonymous_endpoint_must_be_loopback() {
+    let out = Command::new(bin("sluice-scheduler"))
+        .args(["--bind", "127.0.0.1:0", "--flight-sql-bind", "0.0.0.0:0"])
+        .output()
+        .expect("run scheduler");
+    assert!(!out.status.success(), "an anonymous endpoint bound to 0.0.0.0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--allow-anonymous") && stderr.contains("0.0.0.0"), "{stderr}");
+}

@@ -2,7 +2,7 @@
 
     adbc_client.py query   --uri URI [--token T] [--tls-ca F] --sql SQL --out FILE.arrow
     adbc_client.py objects --uri URI [--token T] [--tls-ca F]
-    adbc_client.py error   --uri URI [--token T] [--tls-ca F] --sql SQL
+    adbc_client.py error   --uri URI [--token T] [--tls-ca F] [--cert F --key F] --sql SQL
     adbc_client.py latency --uri URI [--token T] --sql SQL [--runs 200]
     adbc_client.py throughput --uri URI [--token T] --sql SQL
 
@@ -26,6 +26,11 @@ def connect(args):
     if args.tls_ca:
         with open(args.tls_ca) as f:
             kwargs[DatabaseOptions.TLS_ROOT_CERTS.value] = f.read()
+    if args.cert:
+        with open(args.cert) as f:
+            kwargs[DatabaseOptions.MTLS_CERT_CHAIN.value] = f.read()
+        with open(args.key) as f:
+            kwargs[DatabaseOptions.MTLS_PRIVATE_KEY.value] = f.read()
     return flightsql.connect(args.uri, db_kwargs=kwargs, autocommit=True)
 
 
@@ -133,6 +138,8 @@ def main():
     parser.add_argument("--uri", required=True)
     parser.add_argument("--token")
     parser.add_argument("--tls-ca")
+    parser.add_argument("--cert", help="client certificate (PEM) for mTLS")
+    parser.add_argument("--key", help="client private key (PEM) for mTLS")
     parser.add_argument("--sql")
     parser.add_argument("--out")
     parser.add_argument("--runs", type=int, default=200)

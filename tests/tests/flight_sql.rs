@@ -72,7 +72,12 @@ impl Setup {
     }
 
     fn start(&self, executors: usize) -> (TestCluster, String) {
-        let args = self.scheduler_args();
+        self.start_with(executors, &[])
+    }
+
+    fn start_with(&self, executors: usize, extra: &[&str]) -> (TestCluster, String) {
+        let mut args = self.scheduler_args();
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let cluster = TestCluster::start_full(executors, 2, &args, &[]).expect("cluster");
         let flight =
@@ -116,8 +121,14 @@ impl Setup {
         if let Some(t) = token {
             cmd.args(["--token", t]);
         }
-        if matches!(tls, Tls::TrustTestCa) {
+        if matches!(tls, Tls::TrustTestCa | Tls::ClientCert) {
             cmd.arg("--tls-ca").arg(self.path("ca.pem"));
+        }
+        if matches!(tls, Tls::ClientCert) {
+            cmd.arg("--cert")
+                .arg(self.path("client.pem"))
+                .arg("--key")
+                .arg(self.path("client.key"));
         }
         let out = cmd.output().expect("run python");
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -141,6 +152,8 @@ impl Setup {
 #[derive(Clone, Copy)]
 enum Tls {
     TrustTestCa,
+    /// Also presents the test client certificate (mTLS).
+    ClientCert,
     NoCa,
     Off,
 }
@@ -160,6 +173,13 @@ fn write_certs(dir: &Path) {
     std::fs::write(dir.join("ca.pem"), ca.pem()).expect("ca.pem");
     std::fs::write(dir.join("server.pem"), cert.pem()).expect("server.pem");
     std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("server.key");
+    let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
+    client.distinguished_name.push(DnType::CommonName, "sluice test client");
+    client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().expect("key");
+    let cert = client.signed_by(&key, &ca).expect("sign");
+    std::fs::write(dir.join("client.pem"), cert.pem()).expect("client.pem");
+    std::fs::write(dir.join("client.key"), key.serialize_pem()).expect("client.key");
 }
 
 fn read_ipc(path: &Path) -> Vec<RecordBatch> {
@@ -569,4 +589,23 @@ fn anonymous_endpoint_must_be_loopback() {
     assert!(!out.status.success(), "an anonymous endpoint bound to 0.0.0.0");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--allow-anonymous") && stderr.contains("0.0.0.0"), "{stderr}");
+}
+
+/// With `--tls-client-ca` only clients presenting a certificate signed by
+/// that CA get in (mTLS), token or not.
+#[test]
+fn mtls_requires_a_client_certificate() {
+    let setup = Setup::new();
+    let ca = setup.path("ca.pem").display().to_string();
+    let (_cluster, flight) = setup.start_with(1, &["--tls-client-ca", &ca]);
+    let query = ["error", "--sql", "SELECT 41 + 1 AS x"];
+    let (reply, refused) = setup.adbc(&flight, Some(READ), Tls::TrustTestCa, &query);
+    assert!(refused, "a client without a certificate got in: {reply}");
+    let (reply, refused) = setup.adbc(&flight, Some(READ), Tls::ClientCert, &query);
+    assert!(!refused && reply["rows"] == 1, "the client certificate was refused: {reply}");
+    let (reply, refused) = setup.adbc(&flight, None, Tls::ClientCert, &query);
+    assert!(
+        refused && reply["status"] == "UNAUTHENTICATED",
+        "a certificate replaced the token: {reply}"
+    );
 }

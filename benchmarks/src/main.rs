@@ -70,7 +70,8 @@ enum Bench {
         /// Feature dates to backfill (the data covers these plus 100 days before).
         #[arg(long, default_value_t = 365)]
         dates: u32,
-        #[arg(long, default_value_t = 92)]
+        /// Feature dates per chunk job (0: the CLI's automatic choice).
+        #[arg(long, default_value_t = 0)]
         chunk_days: u32,
         /// Run the naive loop on every Nth date only and extrapolate (1 = all dates).
         #[arg(long, default_value_t = 1)]
@@ -299,8 +300,15 @@ fn churn(
         progress: false,
         token: None,
     };
+    let chunk = match chunk_days {
+        0 => format!(
+            "chunk {} days (auto)",
+            sluice_client::backfill::auto_chunk_days(dates as usize, 2)
+        ),
+        n => format!("chunk {n} days"),
+    };
     println!(
-        "churn backfill: {users} users, {dates} feature dates ({first}..{last}), process cluster 1 scheduler + {executors} executors x {vcores} slots, chunk {chunk_days} days"
+        "churn backfill: {users} users, {dates} feature dates ({first}..{last}), process cluster 1 scheduler + {executors} executors x {vcores} slots, {chunk}"
     );
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -50,6 +50,8 @@ pub struct BackfillOptions {
     pub data_dir: Option<PathBuf>,
     /// Output folder (default: the spec's `output.path`, relative to the spec).
     pub output: Option<PathBuf>,
+    /// Feature dates per distributed job; [`AUTO_CHUNK_DAYS`] picks them
+    /// from the range ([`auto_chunk_days`]).
     pub chunk_days: u32,
     /// Chunks in flight at once.
     pub parallel: usize,
@@ -115,6 +117,37 @@ pub fn committed_dates(out: &Path) -> BTreeSet<NaiveDate> {
         }
     }
     dates
+}
+
+/// [`BackfillOptions::chunk_days`] that lets the range decide.
+pub const AUTO_CHUNK_DAYS: u32 = 0;
+
+/// Longest chunk the automatic choice makes. A chunk's memory grows with
+/// its entities × dates; 183 dates measured fastest on a year (one round of
+/// two chunks instead of two rounds of 92-date chunks, each of which rescans
+/// the windows' history; see benchmarks/README.md).
+pub const MAX_AUTO_CHUNK_DAYS: u32 = 183;
+
+/// The chunk length for `dates` dates with `parallel` chunks in flight: as
+/// few chunks of at most [`MAX_AUTO_CHUNK_DAYS`] as possible, their number
+/// rounded up to a multiple of `parallel` so that no round leaves a slot
+/// idle, all of about the same length.
+pub fn auto_chunk_days(dates: usize, parallel: usize) -> u32 {
+    let dates = dates.max(1);
+    let parallel = parallel.max(1);
+    let n = dates.div_ceil(MAX_AUTO_CHUNK_DAYS as usize).div_ceil(parallel) * parallel;
+    let n = n.min(dates);
+    u32::try_from(dates.div_ceil(n)).unwrap_or(MAX_AUTO_CHUNK_DAYS)
+}
+
+impl BackfillOptions {
+    /// The chunk length for `dates` dates to compute.
+    fn chunk_days_for(&self, dates: usize) -> u32 {
+        match self.chunk_days {
+            AUTO_CHUNK_DAYS => auto_chunk_days(dates, self.parallel),
+            n => n,
+        }
+    }
 }
 
 /// Splits sorted dates into runs of consecutive dates of at most `max` days.
@@ -513,9 +546,6 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
             opts.from, opts.to
         )));
     }
-    if opts.chunk_days == 0 {
-        return Err(Error::Usage("--chunk-days must be at least 1".into()));
-    }
     let spec_label = opts.spec.display().to_string();
     let spec = JobSpec::from_file(&opts.spec).map_err(spec_error)?;
     let spec_dir = opts.spec.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -562,7 +592,8 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
 pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
     let Prepared { spec, conn, types, plan_opts, skew, .. } = prepare(opts).await?;
     let all: Vec<NaiveDate> = opts.from.iter_days().take_while(|d| *d <= opts.to).collect();
-    let Some(&(first, last)) = chunks(&all, opts.chunk_days).first() else {
+    let chunk_days = opts.chunk_days_for(all.len());
+    let Some(&(first, last)) = chunks(&all, chunk_days).first() else {
         return Ok(String::new());
     };
     let sql = plan::chunk_query(&spec, first, last, &types, &plan_opts);
@@ -731,7 +762,7 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
     let all: Vec<NaiveDate> = opts.from.iter_days().take_while(|d| *d <= opts.to).collect();
     let done = committed_dates(&out);
     let missing: Vec<NaiveDate> = all.iter().copied().filter(|d| !done.contains(d)).collect();
-    let plan_chunks = chunks(&missing, opts.chunk_days);
+    let plan_chunks = chunks(&missing, opts.chunk_days_for(missing.len()));
 
     let bar = if opts.progress && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(missing.len() as u64);
@@ -867,4 +898,31 @@ pub fn quality_report(report: &BackfillReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_chunks_fill_every_round_and_stay_bounded() {
+        // A year on 2 slots: one round of two chunks.
+        assert_eq!(auto_chunk_days(365, 2), 183);
+        // A quarter: still both slots busy.
+        assert_eq!(auto_chunk_days(90, 2), 45);
+        // Two years: four chunks, none over the bound.
+        assert_eq!(auto_chunk_days(730, 2), 183);
+        // 400 dates: 3 chunks would leave a slot idle in the second round; 4 of 100.
+        assert_eq!(auto_chunk_days(400, 2), 100);
+        assert_eq!(auto_chunk_days(1, 2), 1);
+        assert_eq!(auto_chunk_days(0, 0), 1);
+        for dates in 1..1200 {
+            for parallel in 1..5 {
+                let days = auto_chunk_days(dates, parallel) as usize;
+                assert!((1..=MAX_AUTO_CHUNK_DAYS as usize).contains(&days), "{dates}/{parallel}");
+                let n = dates.div_ceil(days);
+                assert!(n >= dates.div_ceil(MAX_AUTO_CHUNK_DAYS as usize), "{dates}/{parallel}");
+            }
+        }
+    }
 }

@@ -120,10 +120,10 @@ enum Command {
         /// Output folder (default: the spec's output.path, relative to the spec).
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
-        /// Feature dates per distributed job (92 measured fastest: fewer scans of the history
-        /// than 31, while still two chunks in flight on a year; see benchmarks/README.md).
-        #[arg(long, default_value_t = 92, value_name = "N")]
-        chunk_days: u32,
+        /// Feature dates per distributed job. Default: the range split into a multiple of
+        /// --parallel chunks of at most 183 dates (a year: 2 × 183; see benchmarks/README.md).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        chunk_days: Option<u32>,
         /// Chunks in flight at once.
         #[arg(long, default_value_t = 2, value_name = "N")]
         parallel: usize,
@@ -431,7 +431,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 },
                 data_dir,
                 output,
-                chunk_days,
+                chunk_days: chunk_days.unwrap_or(sluice_client::backfill::AUTO_CHUNK_DAYS),
                 parallel,
                 settings: settings
                     .iter()

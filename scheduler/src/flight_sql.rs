@@ -646,7 +646,12 @@ pub async fn serve(
     let server = FlightServiceServer::new(service)
         .max_decoding_message_size(256 * 1024 * 1024)
         .max_encoding_message_size(256 * 1024 * 1024);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `serve_with_incoming` ignores the builder's TCP_NODELAY: without it a
+    // small reply waits ~40 ms for the client's delayed ACK.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| conn.and_then(|s| s.set_nodelay(true).map(|()| s)),
+    );
     let task = tokio::spawn(builder.add_service(server).serve_with_incoming(incoming));
     Ok(RunningFlightSql { local_addr, task })
 }

@@ -151,6 +151,12 @@ pub(crate) async fn serve(
         .route("/readyz", get(readyz))
         .with_state(scheduler);
     let app = app.merge(health).fallback(|| async { StatusCode::NOT_FOUND });
+    // Small gRPC replies must not wait for the peer's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
 }
 

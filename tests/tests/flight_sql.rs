@@ -435,8 +435,7 @@ fn flight_sql_refuses_bad_tokens_forged_tickets_and_paths_outside_roots() {
             assert_eq!(err.code(), tonic::Code::PermissionDenied, "{label}: {err}");
             assert!(err.message().contains(why), "{label}: {err}");
             // Without a token the same ticket is unauthenticated.
-            let err =
-                client.do_get(Ticket { ticket: ticket.into() }).await.err().expect("no token");
+            let err = client.do_get(Ticket { ticket: ticket.into() }).await.expect_err("no token");
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{label}: {err}");
         }
     });

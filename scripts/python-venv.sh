@@ -5,7 +5,8 @@
 #   scripts/python-venv.sh            # venv at $SLUICE_VENV or /var/tmp/sluice-venv
 set -euo pipefail
 venv="${SLUICE_VENV:-/var/tmp/sluice-venv}"
-packages=(adbc-driver-flightsql adbc-driver-manager pyarrow duckdb)
+# Pinned: a new driver release must not change what the tests see unnoticed.
+packages=(adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1 duckdb==2.0.1)
 
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -17,9 +18,11 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip'
   fi
 fi
 
-if ! "$venv/bin/python" -c 'import adbc_driver_flightsql, adbc_driver_manager, pyarrow, duckdb' >/dev/null 2>&1; then
+# pip freeze prints NAME==VERSION: count the pinned ones present.
+have=$("$venv/bin/pip" freeze 2>/dev/null | grep -cixF -f <(printf '%s\n' "${packages[@]}") || true)
+if [ "$have" != "${#packages[@]}" ]; then
   echo "creating the Python venv $venv (${packages[*]}) ..." >&2
-  python3 -m venv "$venv"
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${packages[@]}" >&2
 fi
 echo "$venv/bin/python"

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use arrow_flight::Action;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use sluice_proto::HostPort;
-use sluice_sql::catalog::{CatalogEntry, FileCatalog};
+use sluice_sql::catalog::{CatalogEntry, CatalogSchema, FileCatalog};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::{Error, Result};
@@ -35,6 +35,32 @@ pub fn default_catalog_file() -> PathBuf {
     }
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     home.join(".sluice").join("catalog.json")
+}
+
+/// Makes the tables of the catalog file at `path` the session's default
+/// schema, as the scheduler does for Flight SQL sessions: `sluice sql` on
+/// an embedded cluster or a `--scheduler` sees what `sluice table register`
+/// and `sluice backfill` registered locally. Tables registered afterwards
+/// (`--table`) shadow catalog tables of the same name.
+///
+/// # Errors
+/// [`Error::Table`]-class errors naming the catalog file when it cannot be read.
+pub fn use_catalog_file(ctx: &datafusion::prelude::SessionContext, path: &Path) -> Result<()> {
+    let catalog = FileCatalog::new(path);
+    // Fail now, naming the file, rather than on the first table lookup.
+    catalog.list()?;
+    let state = ctx.state();
+    let names = &state.config().options().catalog;
+    let default = ctx.catalog(&names.default_catalog).ok_or_else(|| {
+        Error::Usage(format!("the session has no catalog {}", names.default_catalog))
+    })?;
+    default
+        .register_schema(
+            &names.default_schema,
+            std::sync::Arc::new(CatalogSchema::new(catalog, ctx.runtime_env())),
+        )
+        .map_err(Error::from_datafusion)?;
+    Ok(())
 }
 
 /// Reads a token: `--token-file`, else `SLUICE_TOKEN`.

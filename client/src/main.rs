@@ -59,6 +59,10 @@ enum Command {
         /// --token-file or SLUICE_TOKEN; --tls-ca for TLS).
         #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["scheduler", "standalone", "tables", "settings"])]
         flight_sql: Option<HostPort>,
+        /// Catalog file whose tables the query sees (default: SLUICE_CATALOG, else
+        /// ~/.sluice/catalog.json); with --flight-sql the scheduler's catalog is used instead.
+        #[arg(long, value_name = "FILE", conflicts_with = "flight_sql")]
+        catalog: Option<PathBuf>,
         /// File holding the token for --flight-sql, or for a --scheduler started with
         /// --auth-token-file (an admin token); else SLUICE_TOKEN.
         #[arg(long, value_name = "FILE", conflicts_with = "standalone")]
@@ -326,6 +330,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             settings,
             format,
             token_file,
+            catalog,
             sql,
             ..
         } => {
@@ -343,8 +348,13 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 .map(|s| sluice_sql::session::parse_setting(s))
                 .collect::<Result<Vec<_>, _>>()?;
             let conn =
-                sluice_client::connect::connect_as(&target, token.as_deref(), &settings, &tables)
+                sluice_client::connect::connect_as(&target, token.as_deref(), &settings, &[])
                     .await?;
+            let catalog = catalog.unwrap_or_else(sluice_client::catalog::default_catalog_file);
+            sluice_client::catalog::use_catalog_file(&conn.ctx, &catalog)?;
+            for t in &tables {
+                t.register(&conn.ctx).await?;
+            }
             let batches = sluice_client::connect::run_sql_salted(&conn.ctx, &sql).await?;
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();

@@ -6,16 +6,31 @@ use std::process::{Command, Output};
 use datafusion::prelude::SessionContext;
 use sluice_tests::{TestCluster, bin, workspace_root};
 
+/// A catalog path that does not exist: an empty catalog.
+fn no_catalog() -> std::path::PathBuf {
+    std::env::temp_dir().join("sluice-cli-tests-no-catalog.json")
+}
+
 fn sluice(args: &[&str]) -> Output {
+    sluice_with_catalog(args, &no_catalog())
+}
+
+/// `sluice …` with `SLUICE_CATALOG` set (never the user's own catalog).
+fn sluice_with_catalog(args: &[&str], catalog: &std::path::Path) -> Output {
     Command::new(bin("sluice"))
         .args(args)
         .env_remove("SLUICE_SCHEDULER")
+        .env("SLUICE_CATALOG", catalog)
         .output()
         .expect("run sluice")
 }
 
 fn assert_clear_error(args: &[&str], expected: &[&str]) {
-    let out = sluice(args);
+    assert_clear_error_with(args, &no_catalog(), expected);
+}
+
+fn assert_clear_error_with(args: &[&str], catalog: &std::path::Path, expected: &[&str]) {
+    let out = sluice_with_catalog(args, catalog);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded; stderr: {stderr}");
     assert!(
@@ -173,4 +188,57 @@ fn hand_started_cluster_answers_and_executors_run_tasks() {
         let log = e.log_text();
         assert!(log.contains("Execute task"), "{} ran no task:\n{}", e.name, cluster.logs());
     }
+}
+
+/// `sluice sql` sees the tables of the local catalog (what `sluice table
+/// register` and `sluice backfill` wrote); `--table` shadows one of the
+/// same name; a broken catalog file is a clear error naming it.
+#[test]
+fn sluice_sql_sees_the_local_catalog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let catalog = dir.path().join("catalog.json");
+    let data = |f: &str| workspace_root().join("tests/data").join(f).display().to_string();
+    let (customers, orders) = (data("customers.csv"), data("orders.csv"));
+    let out =
+        sluice_with_catalog(&["table", "register", "t", &customers, "--format", "csv"], &catalog);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let count = |args: &[&str]| {
+        let out = sluice_with_catalog(args, &catalog);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let local = |path: &str| {
+        let rt = sluice_proto::runtime().expect("runtime");
+        rt.block_on(async {
+            let ctx = SessionContext::new();
+            ctx.register_csv("t", path, datafusion::prelude::CsvReadOptions::new())
+                .await
+                .expect("csv");
+            let batches = ctx.sql(QUERY).await.expect("sql").collect().await.expect("collect");
+            let mut out = Vec::new();
+            sluice_client::format::write(
+                &mut out,
+                &batches,
+                sluice_client::format::OutputFormat::Csv,
+            )
+            .expect("csv");
+            String::from_utf8_lossy(&out).trim().to_string()
+        })
+    };
+    const QUERY: &str = "SELECT count(*) AS n FROM t";
+    assert_eq!(count(&["sql", "--format", "csv", QUERY]), local(&customers), "catalog table");
+    let shadow = format!("t={orders}");
+    assert_eq!(
+        count(&["sql", "--format", "csv", "--table", &shadow, QUERY]),
+        local(&orders),
+        "--table shadows the catalog"
+    );
+
+    std::fs::write(&catalog, "{not json").expect("write");
+    assert_clear_error_with(
+        &["sql", QUERY],
+        &catalog,
+        &["catalog", &catalog.display().to_string(), "line 1"],
+    );
 }

@@ -22,6 +22,8 @@ need_apt() { # need_apt COMMAND PACKAGE
 
 # protoc: etcd-client and any .proto of ours compile protobuf at build time.
 need_apt protoc protobuf-compiler
+# etcd: the high-availability tests start their own etcd (tests/tests/ha.rs).
+need_apt etcd etcd-server
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest ..." >&2

@@ -12,8 +12,10 @@
 //! `churn` times the tiled backfill against the naive per-date loop; `skew`
 //! measures task balance of the backfill on Zipf-skewed and uniform data with
 //! skew handling on and off (see `skew.rs`); `flight-sql` measures ADBC latency
-//! and throughput through the Flight SQL endpoint (see `flight.rs`).
+//! and throughput through the Flight SQL endpoint (see `flight.rs`);
+//! `failover` measures leader failover on a real etcd (see `failover.rs`).
 
+mod failover;
 mod flight;
 mod skew;
 
@@ -101,6 +103,15 @@ enum Bench {
         #[arg(long, default_value_t = 0)]
         vcores: usize,
     },
+    /// Failover: SIGKILL the leader scheduler of an etcd cluster and time the takeover.
+    Failover {
+        /// Kill/takeover rounds (a fresh cluster each).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Lease TTL of schedulers and executors, seconds.
+        #[arg(long, default_value_t = 10)]
+        ttl_seconds: u64,
+    },
     /// Skew: per-task balance of the churn backfill's heaviest stage on Zipf-skewed and
     /// uniform data, skew handling (sluice.skew.enabled) on and off.
     Skew {
@@ -127,6 +138,9 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Bench::Failover { runs, ttl_seconds } => {
+            failover::run(&failover::FailoverBench { runs: runs.max(1), ttl_seconds })
+        }
         Bench::FlightSql { runs, result_gb, users, executors, vcores } => {
             flight::run(&flight::FlightBench {
                 runs: runs.max(1),

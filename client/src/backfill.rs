@@ -535,6 +535,7 @@ struct Prepared {
     types: plan::ColumnTypes,
     plan_opts: plan::PlanOptions,
     skew: SluiceOptions,
+    tables: Vec<TableSource>,
 }
 
 /// Parses and validates the spec, registers its sources and checks them
@@ -581,7 +582,7 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
     let types = partial_types(&conn.ctx, &spec).await?;
     let skew = sluice_sql::options::of_session(&conn.ctx);
     let plan_opts = plan::PlanOptions { combine_per_day: skew.skew_enabled };
-    Ok(Prepared { spec, spec_label, out, conn, types, plan_opts, skew })
+    Ok(Prepared { spec, spec_label, out, conn, types, plan_opts, skew, tables })
 }
 
 /// `EXPLAIN` (or `EXPLAIN ANALYZE`, which runs it) of the query of the
@@ -749,7 +750,8 @@ async fn hot_keys_report(
 /// (the report is in the error message; nothing of that chunk is committed).
 pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
     let started = Instant::now();
-    let Prepared { spec, spec_label, out, conn, types, plan_opts, .. } = prepare(opts).await?;
+    let Prepared { spec, spec_label, out, conn, types, plan_opts, tables, .. } =
+        prepare(opts).await?;
     std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
     let _lock = OutputLock::acquire(sibling(&out, "sluice-lock"))?;
     let staging_root = sibling(&out, "sluice-staging");
@@ -778,10 +780,25 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
     };
     let rows_done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
-    let ctx = conn.ctx.clone();
+    let session = Session::new(conn);
+    let registry = match &opts.target {
+        Target::Cluster(cluster) => {
+            crate::registry::Registry::start(
+                cluster,
+                opts,
+                &out,
+                all.len(),
+                all.len() - missing.len(),
+            )
+            .await
+        }
+        _ => None,
+    };
     let results = futures::stream::iter(plan_chunks.iter().copied())
         .map(|(first, last)| {
-            let ctx = ctx.clone();
+            let session = &session;
+            let registry = &registry;
+            let tables = &tables;
             let spec = &spec;
             let out = &out;
             let staging_root = &staging_root;
@@ -794,25 +811,62 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
                     return Ok::<_, Error>((vec![], 0usize, 0u64, false));
                 }
                 let label = format!("{first}_{last}");
-                let staging = staging_root.join(&label);
-                let copy = plan::copy_statement(
-                    spec,
-                    first,
-                    last,
-                    types,
-                    &plan_opts,
-                    &format!("{}/", staging.display()),
-                );
-                run_sql(&ctx, &copy).await?;
                 let dates: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
-                let (results, per_date) = check_chunk(&ctx, spec, &staging, &label, &dates).await?;
+                let mut attempt = 0;
+                let (staging, results, per_date) = loop {
+                    if let Some(r) = registry {
+                        r.chunk(&label, "running", None).await;
+                    }
+                    let (generation, ctx) = session.current().await;
+                    // A fresh folder per attempt: tasks of a lost attempt may still be writing.
+                    let staging = staging_root.join(format!("{label}.{attempt}"));
+                    let copy = plan::copy_statement(
+                        spec,
+                        first,
+                        last,
+                        types,
+                        &plan_opts,
+                        &format!("{}/", staging.display()),
+                    );
+                    let ran = async {
+                        run_sql(&ctx, &copy).await?;
+                        check_chunk(&ctx, spec, &staging, &label, &dates).await
+                    }
+                    .await;
+                    match ran {
+                        Ok((results, per_date)) => break (staging, results, per_date),
+                        Err(e) if retry_on_new_leader(&opts.target, &e) && attempt < MAX_FAILOVER_RETRIES => {
+                            tracing::warn!(chunk = %label, error = %e, "chunk lost with the scheduler; resubmitting it to the leader");
+                            let _ = std::fs::remove_dir_all(&staging);
+                            session.reconnect(generation, opts, tables).await?;
+                            attempt += 1;
+                        }
+                        Err(e) if e.lost_to_executor_loss() && attempt < MAX_FAILOVER_RETRIES => {
+                            tracing::warn!(chunk = %label, error = %e, "chunk's job stopped by an executor loss; resubmitting it");
+                            let _ = std::fs::remove_dir_all(&staging);
+                            attempt += 1;
+                        }
+                        Err(e) => {
+                            if let Some(r) = registry {
+                                r.chunk(&label, "failed", Some(&e.to_string())).await;
+                            }
+                            return Err(e);
+                        }
+                    }
+                };
                 if results.iter().any(|r| !r.passed) {
                     failed.store(true, Ordering::SeqCst);
                     let _ = std::fs::remove_dir_all(&staging);
+                    if let Some(r) = registry {
+                        r.chunk(&label, "failed", Some("quality expectations failed")).await;
+                    }
                     return Ok((results, 0, 0, true));
                 }
                 let committed = commit(&staging, out, &dates)?;
                 let _ = std::fs::remove_dir_all(&staging);
+                if let Some(r) = registry {
+                    r.committed(&label, committed).await;
+                }
                 let rows: u64 = per_date.iter().map(|(_, n)| n).sum();
                 let total = rows_done.fetch_add(rows, Ordering::SeqCst) + rows;
                 if let Some(bar) = &bar {
@@ -862,10 +916,63 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
     }
     report.quality.sort_by(|a, b| a.chunk.cmp(&b.chunk));
     report.seconds = started.elapsed().as_secs_f64();
+    if let Some(r) = &registry {
+        let state = match (&first_error, report.ok) {
+            (Some(_), _) => "failed",
+            (None, false) => "failed-quality",
+            (None, true) => "done",
+        };
+        r.finish(state, first_error.as_ref().map(ToString::to_string)).await;
+    }
     if let Some(e) = first_error {
         return Err(e);
     }
     Ok(report)
+}
+
+/// Times a chunk lost with a failed-over scheduler (or stopped by an
+/// executor loss) is resubmitted.
+const MAX_FAILOVER_RETRIES: u32 = 3;
+
+/// Whether `e` means the scheduler went away (not the chunk's fault) on a
+/// target where a new leader can take the chunk.
+fn retry_on_new_leader(target: &Target, e: &Error) -> bool {
+    matches!(target, Target::Cluster(_)) && e.class() == sluice_proto::ErrorClass::External
+}
+
+/// The backfill's session, replaced when the leader changes.
+struct Session {
+    current: tokio::sync::RwLock<(u64, SessionContext, crate::connect::Connection)>,
+}
+
+impl Session {
+    fn new(conn: crate::connect::Connection) -> Self {
+        let ctx = conn.ctx.clone();
+        Self { current: tokio::sync::RwLock::new((0, ctx, conn)) }
+    }
+
+    async fn current(&self) -> (u64, SessionContext) {
+        let guard = self.current.read().await;
+        (guard.0, guard.1.clone())
+    }
+
+    /// Connects to the current leader, unless a concurrent chunk already did
+    /// since `generation`.
+    async fn reconnect(
+        &self,
+        generation: u64,
+        opts: &BackfillOptions,
+        tables: &[TableSource],
+    ) -> Result<()> {
+        let mut guard = self.current.write().await;
+        if guard.0 != generation {
+            return Ok(());
+        }
+        let conn = connect_as(&opts.target, opts.token.as_deref(), &opts.settings, tables).await?;
+        tracing::info!(scheduler = ?conn.scheduler, "backfill reconnected to the leader");
+        *guard = (generation + 1, conn.ctx.clone(), conn);
+        Ok(())
+    }
 }
 
 /// The human-readable quality report.

@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 pub enum Target {
     /// A running scheduler.
     Scheduler(HostPort),
+    /// The current leader of a high-availability cluster, found in etcd
+    /// (and found again after a failover).
+    Cluster(sluice_proto::etcd::EtcdTarget),
     /// An embedded cluster started in this process for the query.
     Standalone,
     /// Plain single-process DataFusion, no cluster: the reference engine,
@@ -58,6 +61,37 @@ async fn check_reachable(addr: &HostPort) -> Result<()> {
             addr: addr.clone(),
             reason: "no answer within 5 s".to_string(),
         }),
+    }
+}
+
+/// How long a client waits for a reachable leader (a failover takes about
+/// one lease TTL).
+pub const LEADER_WAIT: Duration = Duration::from_secs(60);
+
+/// The leader of `cluster` once it answers: right after a leader dies its
+/// key still names it until its lease runs out, so an unreachable leader is
+/// polled again until a live one is elected or `wait` is over.
+///
+/// # Errors
+/// [`Error::Etcd`] when etcd is unreachable or no leader is elected;
+/// [`Error::SchedulerUnreachable`] when the elected leader does not answer.
+pub async fn reachable_leader(
+    cluster: &sluice_proto::etcd::EtcdTarget,
+    wait: Duration,
+) -> Result<HostPort> {
+    let started = std::time::Instant::now();
+    let mut client = cluster.connect(Duration::from_secs(10)).await?;
+    loop {
+        let left = wait.saturating_sub(started.elapsed());
+        let leader = cluster.wait_for_leader(&mut client, left).await?;
+        let addr: HostPort = leader.endpoint.parse().map_err(|e: sluice_proto::Error| {
+            Error::Usage(format!("leader record of cluster '{}': {e}", cluster.cluster))
+        })?;
+        match check_reachable(&addr).await {
+            Ok(()) => return Ok(addr),
+            Err(e) if started.elapsed() >= wait => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
     }
 }
 
@@ -109,6 +143,7 @@ pub async fn connect_as(
             check_reachable(addr).await?;
             (addr.clone(), None)
         }
+        Target::Cluster(cluster) => (reachable_leader(cluster, LEADER_WAIT).await?, None),
         Target::Standalone | Target::Local => {
             let cluster = EmbeddedCluster::start(EMBEDDED_EXECUTORS, embedded_vcores()).await?;
             (cluster.scheduler().clone(), Some(cluster))
@@ -152,6 +187,26 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>
 /// # Errors
 /// As [`run_sql`].
 pub async fn run_sql_salted(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    let mut attempt = 0;
+    loop {
+        match run_sql_salted_once(ctx, sql).await {
+            Err(e) if e.lost_to_executor_loss() && attempt < 2 && reads_only(sql) => {
+                tracing::warn!(error = %e, "query stopped by an executor loss; resubmitting it");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether `sql` only reads (so running it again after a failure cannot
+/// write twice).
+fn reads_only(sql: &str) -> bool {
+    let first = sql.trim_start().split_whitespace().next().unwrap_or_default().to_ascii_lowercase();
+    matches!(first.as_str(), "select" | "with" | "values" | "explain" | "show" | "describe" | "(")
+}
+
+async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     use datafusion::arrow::array::{Array, StringArray};
     use datafusion::functions_aggregate::expr_fn::count;
     use datafusion::functions_aggregate::sum::sum_udaf;

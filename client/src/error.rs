@@ -27,6 +27,9 @@ pub enum Error {
 
     #[error("{0}")]
     Usage(String),
+
+    #[error(transparent)]
+    Etcd(#[from] sluice_proto::etcd::EtcdError),
 }
 
 impl Error {
@@ -38,6 +41,7 @@ impl Error {
             Error::Table(e) => e.class(),
             Error::Embedded { .. } => ErrorClass::Internal,
             Error::Io { .. } => ErrorClass::User,
+            Error::Etcd(e) => e.class(),
         }
     }
 
@@ -54,9 +58,46 @@ impl Error {
             D::IoError(..) | D::ObjectStore(..) => {
                 Error::Query { message, class: ErrorClass::External }
             }
+            _ if message.contains(sluice_scheduler::recovery::ADAPTIVE_JOB_LOST_INPUT) => {
+                Error::Query { message, class: ErrorClass::External }
+            }
+            _ if message.contains("this scheduler is a standby") => {
+                Error::Query { message, class: ErrorClass::External }
+            }
+            _ if lost_scheduler(&message) => Error::Query {
+                message: format!(
+                    "{message}\nThe scheduler went away while the query ran (a restart or a \
+                     leader failover); the query was lost and can be retried."
+                ),
+                class: ErrorClass::External,
+            },
             _ => Error::Query { message, class: ErrorClass::Internal },
         }
     }
+}
+
+impl Error {
+    /// Whether the job was stopped because an executor loss left it unable
+    /// to finish (see `sluice_scheduler::recovery`): resubmitting it works.
+    pub fn lost_to_executor_loss(&self) -> bool {
+        matches!(self, Error::Query { message, .. } if message.contains(sluice_scheduler::recovery::ADAPTIVE_JOB_LOST_INPUT))
+    }
+}
+
+/// Whether a query failed because the scheduler stopped answering (not
+/// because of the query): worth retrying, on the new leader after a failover.
+fn lost_scheduler(message: &str) -> bool {
+    const SIGNS: &[&str] = &[
+        "(gRPC Unavailable)",
+        "transport error",
+        "Connection refused",
+        "connection reset",
+        "broken pipe",
+        "error trying to connect",
+        "stream closed because of a broken pipe",
+    ];
+    let lower = message.to_ascii_lowercase();
+    SIGNS.iter().any(|s| lower.contains(&s.to_ascii_lowercase()))
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

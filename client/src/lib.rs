@@ -11,6 +11,8 @@ pub mod demo;
 pub mod error;
 pub mod format;
 pub mod http;
+pub mod registry;
+pub mod status;
 pub mod verify;
 
 pub use cluster::EmbeddedCluster;

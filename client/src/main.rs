@@ -70,6 +70,8 @@ enum Command {
         /// CA certificate (PEM) of a TLS Flight SQL endpoint.
         #[arg(long, value_name = "FILE", requires = "flight_sql")]
         tls_ca: Option<PathBuf>,
+        #[command(flatten)]
+        etcd: EtcdArgs,
         /// The SQL statement.
         sql: String,
     },
@@ -142,6 +144,13 @@ enum Command {
         no_register: bool,
         #[command(flatten)]
         catalog: CatalogArgs,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+    },
+    /// A high-availability cluster's state in etcd.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCommand,
     },
     /// Start an embedded cluster, generate churn data, backfill churn features (quality report, sample rows, point-in-time check), then check TPC-H queries against DataFusion.
     #[command(
@@ -157,6 +166,53 @@ enum Command {
         /// Keep the generated data here (default: a temp folder, removed afterwards).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
+    },
+}
+
+/// A high-availability cluster: its leader is looked up in etcd (and again
+/// after a failover) instead of a fixed --scheduler.
+#[derive(Debug, clap::Args)]
+struct EtcdArgs {
+    /// etcd endpoints of a cluster started with `--state etcd`, e.g. http://127.0.0.1:2379.
+    #[arg(long, env = "SLUICE_ETCD_ENDPOINTS", value_name = "URL[,URL]", conflicts_with_all = ["scheduler", "standalone"])]
+    etcd_endpoints: Option<String>,
+    /// The cluster's name in etcd.
+    #[arg(long, env = "SLUICE_CLUSTER", value_name = "NAME", default_value = "default")]
+    cluster: String,
+}
+
+impl EtcdArgs {
+    fn target(&self) -> Result<Option<sluice_proto::etcd::EtcdTarget>, Error> {
+        match &self.etcd_endpoints {
+            None => Ok(None),
+            Some(e) => Ok(Some(sluice_proto::etcd::EtcdTarget::parse(e, &self.cluster)?)),
+        }
+    }
+}
+
+/// Like [`EtcdArgs`], with the endpoints required.
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// etcd endpoints of the cluster, e.g. http://127.0.0.1:2379.
+    #[arg(long, env = "SLUICE_ETCD_ENDPOINTS", value_name = "URL[,URL]")]
+    etcd_endpoints: String,
+    /// The cluster's name in etcd.
+    #[arg(long, env = "SLUICE_CLUSTER", value_name = "NAME", default_value = "default")]
+    cluster: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Leader, standbys, executors (slots, last keep-alive) and backfills with progress.
+    #[command(
+        after_help = "Examples:\n  sluice cluster status --etcd-endpoints http://127.0.0.1:2379 --cluster prod\n  sluice cluster status --etcd-endpoints http://127.0.0.1:2379 --json"
+    )]
+    Status {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -332,14 +388,19 @@ async fn run(cli: Cli) -> Result<(), Error> {
             token_file,
             catalog,
             sql,
+            etcd,
             ..
         } => {
-            let (target, token) = match scheduler {
-                Some(addr) => (
+            let (target, token) = match (scheduler, etcd.target()?) {
+                (Some(addr), _) => (
                     Target::Scheduler(addr),
                     sluice_client::catalog::read_token(token_file.as_deref())?,
                 ),
-                None => (Target::Standalone, None),
+                (None, Some(cluster)) => (
+                    Target::Cluster(cluster),
+                    sluice_client::catalog::read_token(token_file.as_deref())?,
+                ),
+                (None, None) => (Target::Standalone, None),
             };
             let tables =
                 tables.iter().map(|t| TableSource::parse(t)).collect::<Result<Vec<_>, _>>()?;
@@ -363,6 +424,21 @@ async fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Table { what } => run_table(what).await,
+        Command::Cluster { what: ClusterCommand::Status { cluster, json } } => {
+            let target =
+                sluice_proto::etcd::EtcdTarget::parse(&cluster.etcd_endpoints, &cluster.cluster)?;
+            let status = sluice_client::status::read(&target).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status)
+                        .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?
+                );
+            } else {
+                print!("{}", sluice_client::status::render(&status));
+            }
+            Ok(())
+        }
         Command::Gen { what: GenCommand::Tpch { scale_factor, out } } => {
             let generated = sluice_client::datagen::tpch::generate(scale_factor, &out)?;
             for g in generated {
@@ -428,16 +504,18 @@ async fn run(cli: Cli) -> Result<(), Error> {
             json,
             no_register,
             catalog,
+            etcd,
         } => {
             let catalog_target = if no_register || local { None } else { Some(catalog.target()?) };
             let opts = sluice_client::backfill::BackfillOptions {
                 spec,
                 from: sluice_client::backfill::parse_date("--from", &from)?,
                 to: sluice_client::backfill::parse_date("--to", &to)?,
-                target: match (scheduler, local) {
-                    (Some(addr), _) => Target::Scheduler(addr),
-                    (None, true) => Target::Local,
-                    (None, false) => Target::Standalone,
+                target: match (scheduler, local, etcd.target()?) {
+                    (Some(addr), _, _) => Target::Scheduler(addr),
+                    (None, true, _) => Target::Local,
+                    (None, false, Some(cluster)) => Target::Cluster(cluster),
+                    (None, false, None) => Target::Standalone,
                 },
                 data_dir,
                 output,

@@ -40,6 +40,9 @@ pub enum Error {
 
     #[error("executor stopped unexpectedly: {reason}")]
     Stopped { reason: String },
+
+    #[error(transparent)]
+    Etcd(#[from] sluice_proto::etcd::EtcdError),
 }
 
 impl Error {
@@ -62,6 +65,7 @@ impl Error {
             }
             Error::SchedulerUnreachable { .. } => ErrorClass::External,
             Error::Executor { .. } | Error::Stopped { .. } => ErrorClass::Internal,
+            Error::Etcd(e) => e.class(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! are understood here.
 
 pub mod error;
+pub mod follow;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -73,6 +74,8 @@ pub struct RunningExecutor {
     /// The advertised Arrow Flight address.
     pub flight: HostPort,
     pub grpc_port: u16,
+    /// Task slots it advertises.
+    pub vcores: usize,
     task: JoinHandle<ballista_core::error::Result<()>>,
 }
 
@@ -93,6 +96,11 @@ impl RunningExecutor {
 
     pub fn abort(&self) {
         self.task.abort();
+    }
+
+    /// A handle that stops the executor's task.
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.task.abort_handle()
     }
 }
 
@@ -164,5 +172,5 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
     let id = process_config.executor_id.clone();
     tracing::info!(executor_id = %id, flight_port = port, grpc_port, vcores, "executor starting");
     let task = tokio::spawn(start_executor_process(Arc::new(process_config)));
-    Ok(RunningExecutor { id, flight: HostPort::new(advertise_host, port), grpc_port, task })
+    Ok(RunningExecutor { id, flight: HostPort::new(advertise_host, port), grpc_port, vcores, task })
 }

@@ -21,8 +21,26 @@ use sluice_proto::logging::{self, LogFormat};
 )]
 struct Args {
     /// The scheduler to register with.
-    #[arg(long, env = "SLUICE_SCHEDULER", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "SLUICE_SCHEDULER",
+        value_name = "HOST:PORT",
+        conflicts_with = "etcd_endpoints"
+    )]
     scheduler: Option<HostPort>,
+    /// Find the leader scheduler in etcd instead of --scheduler, and follow it
+    /// when leadership moves; membership is kept under an etcd lease.
+    #[arg(long, env = "SLUICE_ETCD_ENDPOINTS", value_name = "URL[,URL]")]
+    etcd_endpoints: Option<String>,
+    /// Cluster name (the etcd key prefix) with --etcd-endpoints.
+    #[arg(long, env = "SLUICE_CLUSTER", value_name = "NAME", default_value = "default")]
+    cluster: String,
+    /// TTL of the membership lease: an executor silent this long is declared lost.
+    #[arg(long, value_name = "SECONDS", default_value_t = sluice_proto::etcd::DEFAULT_LEASE_TTL_SECONDS)]
+    lease_ttl_seconds: u64,
+    /// How long to retry an unreachable etcd at start before exiting.
+    #[arg(long, value_name = "SECONDS", default_value_t = sluice_proto::etcd::DEFAULT_CONNECT_TIMEOUT.as_secs())]
+    etcd_connect_timeout_seconds: u64,
     /// Arrow Flight (shuffle) address; port 0 picks a free port.
     #[arg(long, env = "SLUICE_BIND", value_name = "HOST:PORT")]
     bind: Option<HostPort>,
@@ -51,6 +69,27 @@ struct Args {
     /// TOML config file with the same keys in kebab-case (e.g. `memory-limit = "2GiB"`).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+/// Membership through etcd, when asked for.
+struct Follow {
+    target: sluice_proto::etcd::EtcdTarget,
+    ttl: std::time::Duration,
+    connect_timeout: std::time::Duration,
+}
+
+fn follow_from(args: &Args) -> Result<Option<Follow>, String> {
+    let Some(endpoints) = &args.etcd_endpoints else { return Ok(None) };
+    if args.lease_ttl_seconds < 2 {
+        return Err("--lease-ttl-seconds must be at least 2".to_string());
+    }
+    let target = sluice_proto::etcd::EtcdTarget::parse(endpoints, &args.cluster)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(Follow {
+        target,
+        ttl: std::time::Duration::from_secs(args.lease_ttl_seconds),
+        connect_timeout: std::time::Duration::from_secs(args.etcd_connect_timeout_seconds.max(1)),
+    }))
 }
 
 fn config_from(args: Args) -> Result<ExecutorConfig, String> {
@@ -109,7 +148,15 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    let config = match config_from(Args::parse()) {
+    let args = Args::parse();
+    let follow = match follow_from(&args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match config_from(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -117,6 +164,9 @@ async fn run() -> ExitCode {
         }
     };
     logging::init(config.log_format, logging::DEFAULT_FILTER);
+    if let Some(follow) = follow {
+        return run_following(&config, follow).await;
+    }
     let running = match sluice_executor::start(&config).await {
         Ok(r) => r,
         Err(e) => {
@@ -128,6 +178,44 @@ async fn run() -> ExitCode {
     // Ballista's executor handles SIGTERM/Ctrl-C itself: it tells the
     // scheduler it is stopping, drains its tasks and returns.
     match running.wait().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.class().exit_code() as u8)
+        }
+    }
+}
+
+/// `--etcd-endpoints`: follow the cluster's leader (see `sluice_executor::follow`).
+async fn run_following(config: &ExecutorConfig, follow: Follow) -> ExitCode {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        // While a term runs, Ballista's executor also sees the signal and
+        // drains; between terms this stops the wait for a leader.
+        let ctrl_c = tokio::signal::ctrl_c();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+        let _ = stop.send(true);
+    });
+    let announce = |running: &sluice_executor::RunningExecutor| {
+        println!("sluice-executor listening on {}", running.flight);
+    };
+    match sluice_executor::follow::follow(
+        config,
+        follow.target,
+        follow.ttl,
+        follow.connect_timeout,
+        shutdown,
+        announce,
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

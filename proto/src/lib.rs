@@ -9,6 +9,7 @@
 
 mod addr;
 mod error;
+pub mod etcd;
 pub mod logging;
 
 pub use addr::HostPort;

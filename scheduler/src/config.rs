@@ -49,6 +49,27 @@ pub struct SchedulerProcessConfig {
     pub data_roots: Vec<PathBuf>,
     /// The persistent table catalog (a JSON file).
     pub catalog: Option<PathBuf>,
+    /// Where cluster membership and leadership live.
+    pub state: StateBackend,
+    /// etcd endpoints for `state = "etcd"`: `URL[,URL]`.
+    pub etcd_endpoints: Option<String>,
+    /// The cluster's name: its key prefix in etcd (several clusters can share one etcd).
+    pub cluster: String,
+    /// TTL of this scheduler's etcd lease: a dead leader is replaced within it.
+    pub lease_ttl_seconds: u64,
+    /// How long to retry an unreachable etcd at start before exiting.
+    pub etcd_connect_timeout_seconds: u64,
+}
+
+/// Where the scheduler keeps cluster membership and leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateBackend {
+    /// In this process only: one scheduler, no failover (the embedded default).
+    #[default]
+    Memory,
+    /// In etcd: executors under leases, one elected leader, standbys take over.
+    Etcd,
 }
 
 impl Default for SchedulerProcessConfig {
@@ -73,11 +94,42 @@ impl Default for SchedulerProcessConfig {
             tls_client_ca: None,
             data_roots: Vec::new(),
             catalog: None,
+            state: StateBackend::Memory,
+            etcd_endpoints: None,
+            cluster: "default".to_string(),
+            lease_ttl_seconds: sluice_proto::etcd::DEFAULT_LEASE_TTL_SECONDS,
+            etcd_connect_timeout_seconds: sluice_proto::etcd::DEFAULT_CONNECT_TIMEOUT.as_secs(),
         }
     }
 }
 
 impl SchedulerProcessConfig {
+    /// The etcd target when `state = "etcd"`.
+    ///
+    /// # Errors
+    /// [`Error::ConfigFile`] when etcd is chosen without endpoints or with a
+    /// bad endpoint or cluster name.
+    pub fn etcd_target(&self) -> Result<Option<sluice_proto::etcd::EtcdTarget>> {
+        if self.state == StateBackend::Memory {
+            return Ok(None);
+        }
+        let Some(endpoints) = &self.etcd_endpoints else {
+            return Err(Error::ConfigFile {
+                path: "--state etcd".into(),
+                reason: "needs --etcd-endpoints URL[,URL]".into(),
+            });
+        };
+        if self.lease_ttl_seconds < 2 {
+            return Err(Error::ConfigFile {
+                path: "--lease-ttl-seconds".into(),
+                reason: "must be at least 2".into(),
+            });
+        }
+        sluice_proto::etcd::EtcdTarget::parse(endpoints, &self.cluster).map(Some).map_err(|e| {
+            Error::ConfigFile { path: "--etcd-endpoints/--cluster".into(), reason: e.to_string() }
+        })
+    }
+
     /// Reads a TOML config file over the defaults.
     ///
     /// # Errors

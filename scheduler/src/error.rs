@@ -24,6 +24,9 @@ pub enum Error {
 
     #[error("scheduler stopped unexpectedly: {reason}")]
     Stopped { reason: String },
+
+    #[error(transparent)]
+    Etcd(#[from] sluice_proto::etcd::EtcdError),
 }
 
 impl Error {
@@ -31,6 +34,7 @@ impl Error {
         match self {
             Error::Bind { .. } | Error::ConfigFile { .. } => ErrorClass::User,
             Error::Server { .. } | Error::Stopped { .. } => ErrorClass::Internal,
+            Error::Etcd(e) => e.class(),
         }
     }
 }

@@ -160,6 +160,57 @@ pub(crate) async fn serve(
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
 }
 
+/// What a standby says about the leader.
+pub(crate) type LeaderView = Arc<std::sync::RwLock<sluice_proto::etcd::LeaderRecord>>;
+
+fn standby_message(leader: &LeaderView) -> String {
+    let leader = leader.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    if leader.endpoint.is_empty() {
+        "this scheduler is a standby and no leader is elected yet; retry shortly".to_string()
+    } else {
+        format!(
+            "this scheduler is a standby; the leader is {} at {} (connect there, or pass \
+             --etcd-endpoints and --cluster to follow the leader)",
+            leader.id, leader.endpoint
+        )
+    }
+}
+
+async fn standby_refusal(State(leader): State<LeaderView>, request: Request) -> Response {
+    let message = standby_message(&leader);
+    let path = request.uri().path();
+    if path == "/healthz" {
+        return (StatusCode::OK, "ok (standby)\n").into_response();
+    }
+    if request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.to_str().is_ok_and(|v| v.starts_with("application/grpc")))
+    {
+        let mut status = tonic::Status::unavailable(message);
+        if let Ok(value) =
+            leader.read().unwrap_or_else(std::sync::PoisonError::into_inner).endpoint.parse()
+        {
+            status.metadata_mut().insert("x-sluice-leader", value);
+        }
+        return status.into_http::<axum::body::Body>();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {message}\n")).into_response()
+}
+
+/// Serves a standby's scheduler port: `/healthz` is ok, `/readyz` and every
+/// other call are refused naming the leader.
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub(crate) async fn serve_standby(
+    listener: tokio::net::TcpListener,
+    leader: LeaderView,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().fallback(standby_refusal).with_state(leader);
+    axum::serve(listener, app.into_make_service()).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod flight_sql;
 mod gate;
+pub mod ha;
 pub mod recovery;
 
 use std::net::SocketAddr;
@@ -42,7 +43,13 @@ pub struct RunningScheduler {
     task: JoinHandle<std::io::Result<()>>,
     /// The Flight SQL endpoint, when `flight_sql_bind` is set.
     pub flight_sql: Option<flight_sql::RunningFlightSql>,
+    /// Ballista's scheduler.
+    pub scheduler: Arc<Scheduler>,
 }
+
+/// Ballista's scheduler with DataFusion's plan encodings.
+pub type Scheduler =
+    ballista_scheduler::scheduler_server::SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 
 impl RunningScheduler {
     /// Waits until the server stops (it only stops on error).
@@ -104,11 +111,31 @@ fn ballista_config(
 /// Ballista rejects the configuration.
 pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> {
     let (listener, local_addr) = bind(&config.bind).await?;
-    let endpoint = match &config.advertise {
+    start_on(config, listener, local_addr, recovery::LostExecutors::default()).await
+}
+
+/// The address executors and clients are told to use for a listener on
+/// `local_addr`.
+pub fn endpoint_for(config: &SchedulerProcessConfig, local_addr: SocketAddr) -> HostPort {
+    match &config.advertise {
         Some(a) if a.port != 0 => a.clone(),
         Some(a) => HostPort::new(a.host.clone(), local_addr.port()),
         None => HostPort::new(advertised_host(&config.bind.host), local_addr.port()),
-    };
+    }
+}
+
+/// Starts serving on an already bound listener; executors in `lost` are
+/// treated as gone (see [`recovery::LostExecutors`]).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_on(
+    config: &SchedulerProcessConfig,
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    lost: recovery::LostExecutors,
+) -> Result<RunningScheduler> {
+    let endpoint = endpoint_for(config, local_addr);
     let roots = DataRoots::new(&config.data_roots)
         .map_err(|e| Error::ConfigFile { path: "--data-root".into(), reason: e.to_string() })?;
     let catalog = config.catalog.as_ref().map(FileCatalog::new);
@@ -129,7 +156,11 @@ pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> 
         .await
         .map_err(|source| Error::Server { source })?;
     let cluster = BallistaCluster::new(
-        Arc::new(recovery::RecoveringClusterState::new(cluster.cluster_state())),
+        Arc::new(recovery::RecoveringClusterState::new(
+            cluster.cluster_state(),
+            cluster.job_state(),
+            lost,
+        )),
         cluster.job_state(),
     );
     let server = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(ballista))
@@ -152,8 +183,9 @@ pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> 
         }
         None => None,
     };
+    let scheduler = Arc::new(server.clone());
     let task = tokio::spawn(gate::serve(listener, server, tokens));
-    Ok(RunningScheduler { local_addr, endpoint, task, flight_sql })
+    Ok(RunningScheduler { local_addr, endpoint, task, flight_sql, scheduler })
 }
 
 /// Binds `addr` (port 0 picks a free port); returns the listener and the

@@ -66,6 +66,23 @@ struct Args {
     /// The persistent table catalog (JSON file; created on first register).
     #[arg(long, env = "SLUICE_CATALOG", value_name = "FILE")]
     catalog: Option<PathBuf>,
+    /// Where membership and leadership live: memory (one scheduler) or etcd
+    /// (several; one elected leader, standbys take over).
+    #[arg(long, env = "SLUICE_STATE", value_name = "memory|etcd")]
+    state: Option<sluice_scheduler::config::StateBackend>,
+    /// etcd endpoints, e.g. http://10.0.0.5:2379,http://10.0.0.6:2379 (with --state etcd).
+    #[arg(long, env = "SLUICE_ETCD_ENDPOINTS", value_name = "URL[,URL]")]
+    etcd_endpoints: Option<String>,
+    /// Cluster name: the key prefix in etcd, so several clusters can share one etcd.
+    #[arg(long, env = "SLUICE_CLUSTER", value_name = "NAME")]
+    cluster: Option<String>,
+    /// TTL of this scheduler's etcd lease: a dead leader is replaced within it
+    /// (default 20).
+    #[arg(long, value_name = "SECONDS")]
+    lease_ttl_seconds: Option<u64>,
+    /// How long to retry an unreachable etcd at start before exiting (default 30).
+    #[arg(long, value_name = "SECONDS")]
+    etcd_connect_timeout_seconds: Option<u64>,
 }
 
 fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::Error> {
@@ -111,6 +128,26 @@ fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::E
     if let Some(v) = args.catalog {
         config.catalog = Some(v);
     }
+    if let Some(v) = args.state {
+        config.state = v;
+    }
+    if let Some(v) = args.etcd_endpoints {
+        config.etcd_endpoints = Some(v);
+        // Endpoints alone mean etcd, unless a state was chosen explicitly.
+        if args.state.is_none() {
+            config.state = sluice_scheduler::config::StateBackend::Etcd;
+        }
+    }
+    if let Some(v) = args.cluster {
+        config.cluster = v;
+    }
+    if let Some(v) = args.lease_ttl_seconds {
+        config.lease_ttl_seconds = v;
+    }
+    if let Some(v) = args.etcd_connect_timeout_seconds {
+        config.etcd_connect_timeout_seconds = v;
+    }
+    config.etcd_target()?;
     Ok(config)
 }
 
@@ -128,6 +165,14 @@ async fn run() -> ExitCode {
         }
     };
     logging::init(config.log_format, logging::DEFAULT_FILTER);
+    match config.etcd_target() {
+        Ok(Some(target)) => return run_ha(&config, target).await,
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.class().exit_code() as u8);
+        }
+    }
     let running = match sluice_scheduler::start(&config).await {
         Ok(r) => r,
         Err(e) => {
@@ -150,6 +195,33 @@ async fn run() -> ExitCode {
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `--state etcd`: campaign, lead or stand by, until SIGTERM/Ctrl-C (which
+/// hands leadership over at once).
+async fn run_ha(
+    config: &SchedulerProcessConfig,
+    target: sluice_proto::etcd::EtcdTarget,
+) -> ExitCode {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let announce = |addresses: &sluice_scheduler::ha::Addresses| {
+        println!("sluice-scheduler listening on {}", addresses.endpoint);
+        if let Some(flight) = &addresses.flight_sql {
+            println!("flight-sql listening on {flight}");
+        }
+    };
+    match sluice_scheduler::ha::run(config, target, shutdown, announce).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.class().exit_code() as u8)
         }
     }
 }

@@ -34,7 +34,9 @@ use ballista_core::error::Result;
 use ballista_core::execution_plans::ShuffleReaderExec;
 use ballista_core::serde::protobuf::{ExecutorHeartbeat, task_status};
 use ballista_core::serde::scheduler::{ExecutorData, ExecutorMetadata, PartitionLocation};
-use ballista_scheduler::cluster::{BoundTask, ClusterState, ClusterStateEventStream, ExecutorSlot};
+use ballista_scheduler::cluster::{
+    BoundTask, ClusterState, ClusterStateEventStream, ExecutorSlot, JobState,
+};
 use ballista_scheduler::config::TaskDistributionPolicy;
 use ballista_scheduler::state::execution_graph::ExecutionGraph;
 use ballista_scheduler::state::execution_stage::RunningStage;
@@ -65,15 +67,51 @@ struct Books {
     checked: HashSet<(JobId, usize, usize, usize)>,
 }
 
+/// Executors whose etcd lease expired: lost for good, whatever they say.
+///
+/// Ballista only notices a silent executor when its heartbeat is older than
+/// `executor_timeout_seconds`. With etcd membership the lease is the
+/// authority: [`RecoveringClusterState`] reports a lost executor's heartbeat
+/// as ancient, so Ballista's reaper removes it on its next round (its tasks
+/// rescheduled, its shuffle output recomputed), and refuses its heartbeats and
+/// re-registration afterwards (a frozen executor that wakes up must rejoin
+/// under a new id; its late task reports are ignored by Ballista's dead-executor
+/// check).
+#[derive(Debug, Clone, Default)]
+pub struct LostExecutors(Arc<Mutex<HashSet<String>>>);
+
+impl LostExecutors {
+    pub fn mark(&self, executor_id: &str) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(executor_id.to_string())
+    }
+
+    pub fn contains(&self, executor_id: &str) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).contains(executor_id)
+    }
+
+    fn refuse(&self, executor_id: &str) -> Result<()> {
+        if self.contains(executor_id) {
+            return Err(ballista_core::error::BallistaError::General(format!(
+                "executor {executor_id} was declared lost (its etcd lease expired); \
+                 restart it so it rejoins under a new id"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A [`ClusterState`] that repairs what an executor loss leaves behind.
 pub struct RecoveringClusterState {
     inner: Arc<dyn ClusterState>,
+    /// Where job status changes are published (to clients waiting on a job).
+    jobs: Arc<dyn JobState>,
     books: Mutex<Books>,
+    lost: LostExecutors,
 }
 
 impl RecoveringClusterState {
-    pub fn new(inner: Arc<dyn ClusterState>) -> Self {
-        Self { inner, books: Mutex::new(Books::default()) }
+    pub fn new(inner: Arc<dyn ClusterState>, jobs: Arc<dyn JobState>, lost: LostExecutors) -> Self {
+        Self { inner, jobs, books: Mutex::new(Books::default()), lost }
     }
 
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
@@ -155,6 +193,61 @@ impl RecoveringClusterState {
             }
         }
         self.books().checked = checked;
+    }
+}
+
+/// The start of the error a stalled adaptive job fails with; clients
+/// resubmit the job when they see it.
+pub const ADAPTIVE_JOB_LOST_INPUT: &str = "job stopped after an executor loss";
+
+/// Fails adaptive jobs that an executor loss left unable to finish.
+///
+/// When an executor holding a finished stage's shuffle output is lost,
+/// Ballista 55's adaptive graph reruns that stage and rolls its running
+/// readers back to `UnResolved`, but never resolves them again (its planner
+/// has already dropped the rerun stage's output bookkeeping), so the job
+/// stays `Running` forever. An `UnResolved` stage appears in an adaptive
+/// graph only through such a rollback. Instead of hanging, the job fails at
+/// once with [`ADAPTIVE_JOB_LOST_INPUT`], a retryable error: Sluice's client
+/// resubmits it (queries, backfill chunks). The static planner
+/// (`ballista.planner.adaptive.enabled=false`) reruns just the lost stages.
+impl RecoveringClusterState {
+    async fn fail_stalled_adaptive_jobs(&self, jobs: &ActiveJobs) {
+        use ballista_core::serde::protobuf::job_status;
+        use ballista_scheduler::state::execution_stage::ExecutionStage;
+        for (job_id, job) in jobs.iter() {
+            let mut graph = job.execution_graph.write().await;
+            let running = matches!(graph.status().status, Some(job_status::Status::Running(_)));
+            if !running || graph.physical_plan().name() != "AdaptiveDatafusionExec" {
+                continue;
+            }
+            let mut stuck: Vec<usize> = graph
+                .stages()
+                .iter()
+                .filter(|(_, stage)| matches!(stage, ExecutionStage::UnResolved(_)))
+                .map(|(id, _)| *id)
+                .collect();
+            if stuck.is_empty() {
+                continue;
+            }
+            stuck.sort_unstable();
+            let message = format!(
+                "{ADAPTIVE_JOB_LOST_INPUT}: stage(s) {stuck:?} lost their input with the executor and \
+             Ballista's adaptive planner cannot resume them; resubmit the job (Sluice's client does), \
+             or set ballista.planner.adaptive.enabled=false to rerun only the lost stages"
+            );
+            let tasks = graph.abort_running(message);
+            tracing::warn!(
+                job = %job_id,
+                ?stuck,
+                running_tasks = tasks.len(),
+                "failed an adaptive job that an executor loss left unable to finish"
+            );
+            // Tells the client waiting on the job (its status stream).
+            if let Err(e) = self.jobs.save_job(job_id, &graph).await {
+                tracing::error!(job = %job_id, error = %e, "could not publish the job's failure");
+            }
+        }
     }
 }
 
@@ -272,6 +365,7 @@ impl ClusterState for RecoveringClusterState {
         executors: Option<HashSet<String>>,
     ) -> Result<Vec<BoundTask>> {
         self.books().jobs = Some(active_jobs.clone());
+        self.fail_stalled_adaptive_jobs(&active_jobs).await;
         self.repair_stage_inputs(&active_jobs).await;
         self.reconcile(executors.as_ref()).await?;
         let bound = self.inner.bind_schedulable_tasks(distribution, active_jobs, executors).await?;
@@ -316,6 +410,7 @@ impl ClusterState for RecoveringClusterState {
         spec: ExecutorData,
     ) -> Result<()> {
         let id = spec.executor_id.clone();
+        self.lost.refuse(&id)?;
         let budget = Budget {
             total: spec.total_vcores.max(spec.available_vcores),
             free: spec.available_vcores,
@@ -338,6 +433,7 @@ impl ClusterState for RecoveringClusterState {
     }
 
     async fn save_executor_heartbeat(&self, heartbeat: ExecutorHeartbeat) -> Result<()> {
+        self.lost.refuse(&heartbeat.executor_id)?;
         self.inner.save_executor_heartbeat(heartbeat).await
     }
 
@@ -347,11 +443,22 @@ impl ClusterState for RecoveringClusterState {
     }
 
     fn executor_heartbeats(&self) -> HashMap<String, ExecutorHeartbeat> {
-        self.inner.executor_heartbeats()
+        let mut beats = self.inner.executor_heartbeats();
+        for (id, beat) in beats.iter_mut() {
+            if self.lost.contains(id) {
+                // Older than any timeout: the reaper removes it next round.
+                beat.timestamp = 0;
+            }
+        }
+        beats
     }
 
     fn get_executor_heartbeat(&self, executor_id: &str) -> Option<ExecutorHeartbeat> {
-        self.inner.get_executor_heartbeat(executor_id)
+        let mut beat = self.inner.get_executor_heartbeat(executor_id)?;
+        if self.lost.contains(executor_id) {
+            beat.timestamp = 0;
+        }
+        Some(beat)
     }
 
     async fn cluster_state_events(&self) -> Result<ClusterStateEventStream> {

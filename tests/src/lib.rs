@@ -252,3 +252,193 @@ impl Drop for TestCluster {
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
+
+/// A free loopback port (bound and released; fine for tests on loopback).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A real single-member etcd (Debian `etcd-server`) on free loopback ports
+/// with its data in a temp folder; killed on drop. The test command installs
+/// it; a missing `etcd` fails the test with the install line (never a skip).
+pub struct Etcd {
+    child: Option<Child>,
+    pub endpoint: String,
+    data_dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    log: PathBuf,
+}
+
+impl Etcd {
+    /// Starts etcd and waits (deadline 30 s) until it answers `/health`.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let mut etcd = Self {
+            child: None,
+            endpoint: String::new(),
+            data_dir: dir.join("etcd-data"),
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            log: dir.join("etcd.log"),
+        };
+        etcd.endpoint = format!("http://127.0.0.1:{}", etcd.client_port);
+        etcd.launch()?;
+        Ok(etcd)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let program = which("etcd").context(
+            "etcd is not installed: `apt-get install -y etcd-server` (scripts/test.sh does it as root)",
+        )?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(program)
+            .args([
+                "--name",
+                "sluice-test",
+                "--data-dir",
+                &self.data_dir.display().to_string(),
+                "--listen-client-urls",
+                &self.endpoint,
+                "--advertise-client-urls",
+                &self.endpoint,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &format!("sluice-test={peer}"),
+                // Fast elections: a restarted member leads again in well under a second.
+                "--heartbeat-interval",
+                "50",
+                "--election-timeout",
+                "500",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawn etcd")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = format!("127.0.0.1:{}", self.client_port);
+        let rt = sluice_proto::runtime()?;
+        loop {
+            let healthy = rt.block_on(async {
+                matches!(
+                    sluice_client::http::get(&addr, "/health", Duration::from_secs(1)).await,
+                    Ok((200, body)) if body.contains("true")
+                )
+            });
+            if healthy {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd not healthy within 30 s; its log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs etcd (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.launch()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+/// Starts a `sluice-scheduler --state etcd` named `name`.
+pub fn ha_scheduler(
+    name: &str,
+    etcd: &Etcd,
+    cluster: &str,
+    ttl_seconds: u64,
+    dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Proc> {
+    let mut args: Vec<String> = [
+        "--bind",
+        "127.0.0.1:0",
+        "--state",
+        "etcd",
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--cluster",
+        cluster,
+        "--lease-ttl-seconds",
+        &ttl_seconds.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Proc::spawn(name, &bin("sluice-scheduler"), &args, dir, Duration::from_secs(60))
+}
+
+/// Starts a `sluice-executor` that follows the cluster's leader through etcd.
+pub fn ha_executor(
+    name: &str,
+    etcd: &Etcd,
+    cluster: &str,
+    ttl_seconds: u64,
+    vcores: usize,
+    dir: &Path,
+) -> anyhow::Result<Proc> {
+    let args: Vec<String> = [
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--cluster",
+        cluster,
+        "--lease-ttl-seconds",
+        &ttl_seconds.to_string(),
+        "--bind",
+        "127.0.0.1:0",
+        "--vcores",
+        &vcores.to_string(),
+        "--heartbeat-interval-seconds",
+        "1",
+        "--work-dir",
+        &dir.join(format!("work-{name}")).display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Proc::spawn(name, &bin("sluice-executor"), &args, dir, Duration::from_secs(60))
+}
+
+/// Polls `HOST:PORT/readyz` until it answers 200 (the leader with its
+/// executors registered), for up to `deadline`.
+pub fn wait_ready(addr: &str, deadline: Duration) -> anyhow::Result<()> {
+    let rt = sluice_proto::runtime()?;
+    rt.block_on(sluice_client::http::wait_ready(addr, deadline))
+        .with_context(|| format!("{addr} not ready within {deadline:?}"))?;
+    Ok(())
+}
+
+/// `/readyz`'s status code and body (`None` when nothing answers).
+pub fn readyz(addr: &str) -> Option<(u16, String)> {
+    let rt = sluice_proto::runtime().ok()?;
+    rt.block_on(sluice_client::http::get(addr, "/readyz", Duration::from_secs(2))).ok()
+}

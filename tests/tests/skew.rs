@@ -255,11 +255,11 @@ fn executor_killed_mid_job_gives_identical_salted_results() {
     executor_killed_mid_salted_job(false);
 }
 
-/// The same with Ballista's adaptive planner (the 55 default).
+/// The same with Ballista's adaptive planner (the 55 default). Ballista 55
+/// cannot resume an adaptive job whose finished stage's output was lost; the
+/// scheduler fails such a job at once (`sluice_scheduler::recovery`) and the
+/// client resubmits it, instead of the job hanging.
 #[test]
-#[ignore = "Ballista 55's adaptive planner stalls after an executor loss: it resets the lost \
-            map tasks and rolls back the running stage, then never schedules them again \
-            (reproduced here; the etcd membership issue owns the fix)"]
 fn executor_killed_mid_job_gives_identical_salted_results_adaptive() {
     executor_killed_mid_salted_job(true);
 }
@@ -345,8 +345,10 @@ fn executor_killed_mid_salted_job(adaptive: bool) {
     // had run tasks: its work and shuffle files were lost.
     let scheduler_log = cluster.scheduler.log_text();
     eprintln!(
-        "killed during {job} after {done} stage(s); recovery repairs: leaked vcores returned {} \
-         time(s), stale shuffle inputs dropped {} time(s)",
+        "killed during {job} after {done} stage(s); recovery repairs: stalled adaptive jobs failed \
+         and resubmitted {} time(s), leaked vcores returned {} time(s), stale shuffle inputs dropped \
+         {} time(s)",
+        scheduler_log.matches("failed an adaptive job").count(),
         scheduler_log.matches("returning vcores held by no running task").count(),
         scheduler_log.matches("dropped shuffle locations of map tasks that were rerun").count()
     );

@@ -107,10 +107,8 @@ fn one(bench: &FailoverBench, round: usize, data: &std::path::Path) -> anyhow::R
             }
         })
     };
-    poll(Duration::from_secs(60), || {
-        answers.lock().ok().filter(|a| a.len() >= 2).map(|_| ())
-    })
-    .context("queries answered before the kill")?;
+    poll(Duration::from_secs(60), || answers.lock().ok().filter(|a| a.len() >= 2).map(|_| ()))
+        .context("queries answered before the kill")?;
     let killed = Instant::now();
     s1.kill();
     let ready = poll(Duration::from_secs(120), || {
@@ -122,16 +120,11 @@ fn one(bench: &FailoverBench, round: usize, data: &std::path::Path) -> anyhow::R
     })
     .context("first job on the new leader")?;
     let first_answer = poll(Duration::from_secs(120), || {
-        answers
-            .lock()
-            .ok()?
-            .iter()
-            .find(|t| **t > killed)
-            .map(|t| t.duration_since(killed))
+        answers.lock().ok()?.iter().find(|t| **t > killed).map(|t| t.duration_since(killed))
     })
     .context("first answer after the kill")?;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = rt.block_on(tokio::time::timeout(Duration::from_secs(60), client));
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), client).await });
     Ok(Run { ready, first_task, first_answer })
 }
 

@@ -313,6 +313,7 @@ fn churn(
         settings: vec![],
         progress: false,
         token: None,
+        id: None,
     };
     let chunk = match chunk_days {
         0 => format!(

@@ -201,6 +201,7 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
                     ],
                     progress: false,
                     token: None,
+                    id: None,
                 };
                 let since = now_ms();
                 let t = Instant::now();

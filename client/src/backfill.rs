@@ -60,6 +60,8 @@ pub struct BackfillOptions {
     pub progress: bool,
     /// Token for a scheduler that checks them.
     pub token: Option<String>,
+    /// The id to record the backfill under in etcd (default: a new one).
+    pub id: Option<String>,
 }
 
 /// The outcome of one expectation on one chunk.
@@ -749,6 +751,66 @@ async fn hot_keys_report(
 /// unreachable cluster, a failing query, or a failed quality expectation
 /// (the report is in the error message; nothing of that chunk is committed).
 pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
+    // Every chunk job carries the backfill's id as its Ballista job name, so
+    // a cancel can find the jobs still running.
+    let id = opts.id.clone().unwrap_or_else(crate::registry::new_id);
+    let mut named = opts.clone();
+    named.id = Some(id.clone());
+    if !named.settings.iter().any(|(k, _)| k == JOB_NAME_KEY) {
+        named.settings.push((JOB_NAME_KEY.to_string(), job_name(&id)));
+    }
+    run_named(&named).await
+}
+
+const JOB_NAME_KEY: &str = "ballista.job.name";
+
+fn job_name(id: &str) -> String {
+    format!("sluice backfill {id}")
+}
+
+/// Cancels the backfill's jobs still queued or running on the scheduler and
+/// waits (up to a minute) until none is, so nothing writes into the staging
+/// folder afterwards.
+async fn cancel_jobs(scheduler: &sluice_proto::HostPort, token: Option<&str>, name: &str) {
+    use ballista_core::serde::protobuf::CancelJobParams;
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    let addr = scheduler.to_string();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let mut grpc = SchedulerGrpcClient::connect(scheduler.http_url()).await.ok();
+    while Instant::now() < deadline {
+        let Ok((200, body)) =
+            crate::http::get_as(&addr, "/api/jobs", token, std::time::Duration::from_secs(5)).await
+        else {
+            return;
+        };
+        let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+        let live: Vec<String> = jobs
+            .iter()
+            .filter(|j| {
+                j["job_name"] == name && matches!(j["status"].as_str(), Some("Queued" | "Running"))
+            })
+            .filter_map(|j| j["job_id"].as_str().map(str::to_string))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        for job_id in live {
+            let Some(client) = grpc.as_mut() else { break };
+            let mut request = tonic::Request::new(CancelJobParams { job_id: job_id.clone() });
+            if let Some(token) = token
+                && let Ok(value) = format!("Bearer {token}").parse()
+            {
+                request.metadata_mut().insert("authorization", value);
+            }
+            if let Err(e) = client.cancel_job(request).await {
+                tracing::warn!(job = %job_id, error = %e, "cannot cancel a chunk job");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+async fn run_named(opts: &BackfillOptions) -> Result<BackfillReport> {
     let started = Instant::now();
     let Prepared { spec, spec_label, out, conn, types, plan_opts, tables, .. } =
         prepare(opts).await?;
@@ -878,8 +940,28 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
             }
         })
         .buffer_unordered(opts.parallel.max(1))
-        .collect::<Vec<_>>()
-        .await;
+        .collect::<Vec<_>>();
+    // `sluice backfill cancel ID`: dropping the chunks cancels their jobs.
+    let results = match &registry {
+        Some(r) => tokio::select! {
+            results = results => results,
+            () = r.cancelled() => {
+                let id = r.id().await;
+                let (_, _, scheduler) = session.current_scheduler().await;
+                if let Some(scheduler) = scheduler {
+                    cancel_jobs(&scheduler, opts.token.as_deref(), &job_name(&id)).await;
+                }
+                let _ = std::fs::remove_dir_all(&staging_root);
+                r.finish("cancelled", Some("cancelled by `sluice backfill cancel`".into())).await;
+                return Err(Error::Usage(format!(
+                    "backfill {id} was cancelled; {} dates stay committed in {} (a rerun completes the rest)",
+                    committed_dates(&out).len(),
+                    out.display()
+                )));
+            }
+        },
+        None => results.await,
+    };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -954,6 +1036,11 @@ impl Session {
     async fn current(&self) -> (u64, SessionContext) {
         let guard = self.current.read().await;
         (guard.0, guard.1.clone())
+    }
+
+    async fn current_scheduler(&self) -> (u64, SessionContext, Option<sluice_proto::HostPort>) {
+        let guard = self.current.read().await;
+        (guard.0, guard.1.clone(), guard.2.scheduler.clone())
     }
 
     /// Connects to the current leader, unless a concurrent chunk already did

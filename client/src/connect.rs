@@ -202,7 +202,7 @@ pub async fn run_sql_salted(ctx: &SessionContext, sql: &str) -> Result<Vec<Recor
 /// Whether `sql` only reads (so running it again after a failure cannot
 /// write twice).
 fn reads_only(sql: &str) -> bool {
-    let first = sql.trim_start().split_whitespace().next().unwrap_or_default().to_ascii_lowercase();
+    let first = sql.split_whitespace().next().unwrap_or_default().to_ascii_lowercase();
     matches!(first.as_str(), "select" | "with" | "values" | "explain" | "show" | "describe" | "(")
 }
 

@@ -87,17 +87,29 @@ enum Command {
     },
     /// Backfill a feature job's daily partitions over a date range on the cluster.
     #[command(
-        after_help = "Examples:\n  sluice gen churn --users 2000 --start 2024-01-01 --days 120 --out data/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --output out/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --scheduler 127.0.0.1:50050 --json\n\nOutput: OUT/feature_date=YYYY-MM-DD/*.parquet (Hive partitioning). Dates already committed are skipped,\nso rerunning a killed or finished backfill completes only what is missing."
+        after_help = "Examples:\n  sluice gen churn --users 2000 --start 2024-01-01 --days 120 --out data/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --output out/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --scheduler 127.0.0.1:50050 --json\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --etcd-endpoints http://127.0.0.1:2379 --detach\n  sluice backfill status bf-1a2b3c4d5e6f --etcd-endpoints http://127.0.0.1:2379\n  sluice backfill cancel bf-1a2b3c4d5e6f --etcd-endpoints http://127.0.0.1:2379\n\nOutput: OUT/feature_date=YYYY-MM-DD/*.parquet (Hive partitioning). Dates already committed are skipped,\nso rerunning a killed or finished backfill completes only what is missing.",
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true
     )]
     Backfill {
+        #[command(subcommand)]
+        what: Option<BackfillCommand>,
         /// The job spec (YAML), e.g. sql/jobs/churn.yaml.
-        spec: PathBuf,
+        #[arg(required = true)]
+        spec: Option<PathBuf>,
         /// First feature date, YYYY-MM-DD.
-        #[arg(long, value_name = "YYYY-MM-DD")]
-        from: String,
+        #[arg(long, value_name = "YYYY-MM-DD", required = true)]
+        from: Option<String>,
         /// Last feature date (inclusive), YYYY-MM-DD.
-        #[arg(long, value_name = "YYYY-MM-DD")]
-        to: String,
+        #[arg(long, value_name = "YYYY-MM-DD", required = true)]
+        to: Option<String>,
+        /// With --etcd-endpoints: start the backfill in the background, print its id and
+        /// return (progress: `sluice backfill status ID`, stop: `sluice backfill cancel ID`).
+        #[arg(long, requires = "etcd_endpoints")]
+        detach: bool,
+        /// The id to record the backfill under (set by --detach).
+        #[arg(long, hide = true, value_name = "ID")]
+        backfill_id: Option<String>,
         /// The scheduler to submit to.
         #[arg(
             long,
@@ -199,6 +211,26 @@ struct ClusterArgs {
     /// The cluster's name in etcd.
     #[arg(long, env = "SLUICE_CLUSTER", value_name = "NAME", default_value = "default")]
     cluster: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackfillCommand {
+    /// A recorded backfill's state, dates committed and every chunk's state.
+    Status {
+        /// The backfill id (printed by --detach, listed by `sluice cluster status`).
+        id: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running backfill: its running chunk jobs are cancelled, committed dates stay.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -364,6 +396,89 @@ async fn run_table(what: TableCommand) -> Result<(), Error> {
     Ok(())
 }
 
+/// `--detach`: runs this same command again in the background (its own
+/// process group, output to a log file) under a fresh backfill id, waits
+/// until the backfill is recorded in etcd, and prints the id.
+async fn detach_backfill(target: &sluice_proto::etcd::EtcdTarget) -> Result<(), Error> {
+    use std::os::unix::process::CommandExt;
+    let id = sluice_client::registry::new_id();
+    let log = std::env::temp_dir().join(format!("sluice-{id}.log"));
+    let io =
+        |e: std::io::Error| Error::Io { path: log.display().to_string(), reason: e.to_string() };
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Io { path: "sluice".into(), reason: e.to_string() })?;
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--detach").collect();
+    let out = std::fs::File::create(&log).map_err(io)?;
+    let err = out.try_clone().map_err(io)?;
+    let mut child = std::process::Command::new(exe)
+        .args(&args)
+        .args(["--backfill-id", &id])
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(io)?;
+    let started = std::time::Instant::now();
+    loop {
+        if sluice_client::registry::get(target, &id).await?.is_some() {
+            println!("{id}");
+            eprintln!(
+                "backfill {id} running in the background (pid {}, log {}); follow it with\n  sluice backfill status {id} --etcd-endpoints {} --cluster {}",
+                child.id(),
+                log.display(),
+                target.endpoints_label(),
+                target.cluster
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().map_err(io)? {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_file(&log);
+            return Err(Error::Usage(format!(
+                "the backfill stopped before it started ({status}):\n{}",
+                text.trim_end()
+            )));
+        }
+        if started.elapsed() > std::time::Duration::from_secs(300) {
+            return Err(Error::Usage(format!(
+                "the background backfill did not start within 5 minutes; see {}",
+                log.display()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+async fn run_backfill_command(what: BackfillCommand) -> Result<(), Error> {
+    match what {
+        BackfillCommand::Status { id, cluster, json } => {
+            let target =
+                sluice_proto::etcd::EtcdTarget::parse(&cluster.etcd_endpoints, &cluster.cluster)?;
+            let record = sluice_client::registry::get(&target, &id).await?.ok_or_else(|| {
+                Error::Usage(format!("no backfill {id} in cluster '{}'", target.cluster))
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&record)
+                        .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?
+                );
+            } else {
+                print!("{}", sluice_client::registry::render(&record));
+            }
+            Ok(())
+        }
+        BackfillCommand::Cancel { id, cluster } => {
+            let target =
+                sluice_proto::etcd::EtcdTarget::parse(&cluster.etcd_endpoints, &cluster.cluster)?;
+            sluice_client::registry::request_cancel(&target, &id).await?;
+            println!("cancel requested for backfill {id}");
+            Ok(())
+        }
+    }
+}
+
 async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Sql { flight_sql: Some(addr), token_file, tls_ca, format, sql, .. } => {
@@ -487,10 +602,19 @@ async fn run(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Backfill { what: Some(what), .. } => run_backfill_command(what).await,
+        Command::Backfill { spec: None, .. }
+        | Command::Backfill { from: None, .. }
+        | Command::Backfill { to: None, .. } => {
+            Err(Error::Usage("backfill needs SPEC, --from and --to".into()))
+        }
         Command::Backfill {
-            spec,
-            from,
-            to,
+            what: None,
+            spec: Some(spec),
+            from: Some(from),
+            to: Some(to),
+            detach,
+            backfill_id,
             scheduler,
             standalone: _,
             local,
@@ -506,6 +630,14 @@ async fn run(cli: Cli) -> Result<(), Error> {
             catalog,
             etcd,
         } => {
+            if detach {
+                let target = etcd.target()?.ok_or_else(|| {
+                    Error::Usage(
+                        "--detach needs --etcd-endpoints (progress is kept in etcd)".into(),
+                    )
+                })?;
+                return detach_backfill(&target).await;
+            }
             let catalog_target = if no_register || local { None } else { Some(catalog.target()?) };
             let opts = sluice_client::backfill::BackfillOptions {
                 spec,
@@ -531,6 +663,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 } else {
                     sluice_client::catalog::read_token(catalog.token_file.as_deref())?
                 },
+                id: backfill_id,
             };
             if explain {
                 print!("{}", sluice_client::backfill::explain(&opts, analyze).await?);

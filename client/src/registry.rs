@@ -55,6 +55,83 @@ pub fn backfills_prefix(target: &EtcdTarget) -> String {
     format!("/sluice/{}/backfills/", target.cluster)
 }
 
+/// A new backfill id.
+pub fn new_id() -> String {
+    format!("bf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// The key whose presence asks backfill `id` to stop.
+fn cancel_key(target: &EtcdTarget, id: &str) -> String {
+    format!("/sluice/{}/backfill-cancel/{id}", target.cluster)
+}
+
+/// A backfill's record, if recorded.
+///
+/// # Errors
+/// [`crate::Error::Etcd`].
+pub async fn get(target: &EtcdTarget, id: &str) -> crate::Result<Option<BackfillRecord>> {
+    let mut client = target.connect(std::time::Duration::from_secs(10)).await?;
+    let key = format!("{}{id}", backfills_prefix(target));
+    let resp = client.get(key, None).await.map_err(|e| sluice_proto::etcd::EtcdError::Request {
+        endpoints: target.endpoints_label(),
+        reason: e.to_string(),
+    })?;
+    match resp.kvs().first() {
+        None => Ok(None),
+        Some(kv) => serde_json::from_slice(kv.value()).map(Some).map_err(|e| {
+            crate::Error::Usage(format!("backfill {id}: unreadable record in etcd: {e}"))
+        }),
+    }
+}
+
+/// Asks a running backfill to stop (its driver checks every second).
+///
+/// # Errors
+/// [`crate::Error::Usage`] when there is no such backfill or it is not
+/// running; [`crate::Error::Etcd`].
+pub async fn request_cancel(target: &EtcdTarget, id: &str) -> crate::Result<()> {
+    let record = get(target, id).await?.ok_or_else(|| {
+        crate::Error::Usage(format!("no backfill {id} in cluster '{}'", target.cluster))
+    })?;
+    if record.state != "running" {
+        return Err(crate::Error::Usage(format!(
+            "backfill {id} is not running (it is {})",
+            record.state
+        )));
+    }
+    let mut client = target.connect(std::time::Duration::from_secs(10)).await?;
+    client
+        .put(cancel_key(target, id), sluice_proto::etcd::now_ms().to_string(), None)
+        .await
+        .map_err(|e| sluice_proto::etcd::EtcdError::Request {
+            endpoints: target.endpoints_label(),
+            reason: e.to_string(),
+        })?;
+    Ok(())
+}
+
+/// The human-readable record.
+pub fn render(r: &BackfillRecord) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "backfill {}  {}", r.id, r.state);
+    let _ = writeln!(out, "  spec     {}", r.spec);
+    let _ = writeln!(out, "  output   {}", r.output);
+    let _ = writeln!(out, "  range    {} .. {}  ({} dates)", r.from, r.to, r.dates_total);
+    let _ = writeln!(out, "  dates    {} of {} committed", r.dates_committed, r.dates_total);
+    let _ = writeln!(out, "  driver   {}", r.driver);
+    if let Some(e) = &r.error {
+        let _ = writeln!(out, "  error    {e}");
+    }
+    let _ = writeln!(out, "  chunks   {}", r.chunks.len());
+    for (label, c) in &r.chunks {
+        let reason = c.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();
+        let _ =
+            writeln!(out, "    {label:<24} {:<10} submitted {}x{reason}", c.state, c.submissions);
+    }
+    out
+}
+
 /// A backfill's live record.
 pub struct Registry {
     target: EtcdTarget,
@@ -78,8 +155,11 @@ impl Registry {
                 return None;
             }
         };
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-        let id = format!("bf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map_or_else(|| "localhost".to_string(), |h| h.trim().to_string());
+        let id = opts.id.clone().unwrap_or_else(new_id);
         let record = BackfillRecord {
             id: id.clone(),
             spec: opts.spec.display().to_string(),
@@ -106,6 +186,21 @@ impl Registry {
 
     pub async fn id(&self) -> String {
         self.record.lock().await.id.clone()
+    }
+
+    /// Resolves once `sluice backfill cancel` asked this backfill to stop.
+    pub async fn cancelled(&self) {
+        let key = cancel_key(&self.target, &self.id().await);
+        loop {
+            let asked = {
+                let mut client = self.client.lock().await;
+                client.get(key.clone(), None).await.map(|r| !r.kvs().is_empty())
+            };
+            if matches!(asked, Ok(true)) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     }
 
     async fn save(&self) {

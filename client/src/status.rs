@@ -64,9 +64,9 @@ pub async fn read(target: &EtcdTarget) -> Result<ClusterStatus> {
             lease_ttl_seconds: ttl.map(|(_, granted)| granted),
         });
     }
-    executors.sort_by(|a, b| a.record.started_ms.cmp(&b.record.started_ms));
+    executors.sort_by_key(|a| a.record.started_ms);
     let mut backfills = crate::registry::list(target, &mut client).await?;
-    backfills.sort_by(|a, b| b.started_ms.cmp(&a.started_ms));
+    backfills.sort_by_key(|b| std::cmp::Reverse(b.started_ms));
     Ok(ClusterStatus {
         cluster: target.cluster.clone(),
         etcd: target.endpoints_label(),
@@ -127,8 +127,8 @@ pub fn render(status: &ClusterStatus) -> String {
     if !status.executors.is_empty() {
         let _ = writeln!(
             out,
-            "  {:<38} {:<22} {:>6}  {:<22} {}",
-            "ID", "FLIGHT", "SLOTS", "SCHEDULER", "LAST KEEP-ALIVE"
+            "  {:<38} {:<22} {:>6}  {:<22} LAST KEEP-ALIVE",
+            "ID", "FLIGHT", "SLOTS", "SCHEDULER"
         );
     }
     for e in &status.executors {

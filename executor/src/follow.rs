@@ -28,14 +28,6 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::{ExecutorConfig, RunningExecutor};
 
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 async fn grant(
     target: &EtcdTarget,
     client: &Client,
@@ -49,7 +41,7 @@ async fn grant(
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = stopped(shutdown) => return None,
+            () = sluice_proto::until_true(shutdown) => return None,
         }
     }
 }
@@ -90,7 +82,7 @@ async fn wait_for_leader(
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
-            () = stopped(shutdown) => return None,
+            () = sluice_proto::until_true(shutdown) => return None,
         }
     }
 }

@@ -45,5 +45,15 @@ pub fn block_on_main<F: std::future::Future<Output = std::process::ExitCode>>(
     }
 }
 
+/// Resolves once `flag` holds `true` (a shutdown request); never when its
+/// sender is dropped without setting it.
+pub async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*flag.borrow_and_update() {
+        if flag.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Sluice's version, reported by every binary's `--version`.
 pub const SLUICE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -78,15 +78,6 @@ enum TermEnd {
     SteppedDown(String),
 }
 
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            // The sender is gone: nobody can ask us to stop any more.
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 /// A non-blocking handle on the process's listener, for one phase to
 /// register with its own runtime (`tokio::net::TcpListener::from_std`).
 fn phase_listener(listener: &std::net::TcpListener) -> std::io::Result<std::net::TcpListener> {
@@ -158,7 +149,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "cannot get an etcd lease; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    () = stopped(&mut shutdown) => return Ok(()),
+                    () = sluice_proto::until_true(&mut shutdown) => return Ok(()),
                 }
             }
         };
@@ -270,7 +261,7 @@ async fn campaign(
             () = leader_gone => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             state = lease.ended() => return Campaign::LeaseEnded(state),
-            () = stopped(shutdown) => return Campaign::Shutdown,
+            () = sluice_proto::until_true(shutdown) => return Campaign::Shutdown,
         }
     }
 }
@@ -327,7 +318,7 @@ async fn lead(
         state = lease.ended() => TermEnd::SteppedDown(format!("etcd lease {state:?}")),
         reason = deposed(target, client, lease.id) => TermEnd::SteppedDown(reason),
         result = running.wait() => TermEnd::SteppedDown(format!("the scheduler stopped: {result:?}")),
-        () = stopped(shutdown) => TermEnd::Shutdown,
+        () = sluice_proto::until_true(shutdown) => TermEnd::Shutdown,
     };
     watcher.abort();
     publisher.abort();

@@ -54,6 +54,7 @@ fn options(data: &Path, out: &Path, target: Target, from: &str, to: &str) -> Bac
         settings: vec![],
         progress: false,
         token: None,
+        id: None,
     }
 }
 

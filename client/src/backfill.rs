@@ -756,7 +756,9 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
     let id = opts.id.clone().unwrap_or_else(crate::registry::new_id);
     let mut named = opts.clone();
     named.id = Some(id.clone());
-    if !named.settings.iter().any(|(k, _)| k == JOB_NAME_KEY) {
+    // Plain DataFusion (`--local`) has no Ballista settings.
+    let ballista = !matches!(opts.target, Target::Local);
+    if ballista && !named.settings.iter().any(|(k, _)| k == JOB_NAME_KEY) {
         named.settings.push((JOB_NAME_KEY.to_string(), job_name(&id)));
     }
     run_named(&named).await
@@ -781,8 +783,12 @@ async fn cancel_jobs(scheduler: &sluice_proto::HostPort, token: Option<&str>, na
         let Ok((200, body)) =
             crate::http::get_as(&addr, "/api/jobs", token, std::time::Duration::from_secs(5)).await
         else {
-            return;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            continue;
         };
+        if grpc.is_none() {
+            grpc = SchedulerGrpcClient::connect(scheduler.http_url()).await.ok();
+        }
         let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
         let live: Vec<String> = jobs
             .iter()
@@ -812,6 +818,7 @@ async fn cancel_jobs(scheduler: &sluice_proto::HostPort, token: Option<&str>, na
 
 async fn run_named(opts: &BackfillOptions) -> Result<BackfillReport> {
     let started = Instant::now();
+    let run_id = opts.id.clone().unwrap_or_default();
     let Prepared { spec, spec_label, out, conn, types, plan_opts, tables, .. } =
         prepare(opts).await?;
     std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
@@ -859,6 +866,7 @@ async fn run_named(opts: &BackfillOptions) -> Result<BackfillReport> {
     let results = futures::stream::iter(plan_chunks.iter().copied())
         .map(|(first, last)| {
             let session = &session;
+            let run_id = &run_id;
             let registry = &registry;
             let tables = &tables;
             let spec = &spec;
@@ -881,7 +889,9 @@ async fn run_named(opts: &BackfillOptions) -> Result<BackfillReport> {
                     }
                     let (generation, ctx) = session.current().await;
                     // A fresh folder per attempt: tasks of a lost attempt may still be writing.
-                    let staging = staging_root.join(format!("{label}.{attempt}"));
+                    // Named after this run too: jobs of a killed earlier run may
+                    // still be writing into that run's folders.
+                    let staging = staging_root.join(format!("{label}.{run_id}.{attempt}"));
                     let copy = plan::copy_statement(
                         spec,
                         first,
@@ -897,15 +907,15 @@ async fn run_named(opts: &BackfillOptions) -> Result<BackfillReport> {
                     .await;
                     match ran {
                         Ok((results, per_date)) => break (staging, results, per_date),
+                        Err(e) if e.lost_to_executor_loss() && attempt < MAX_FAILOVER_RETRIES => {
+                            tracing::warn!(chunk = %label, error = %e, "chunk's job stopped by an executor loss; resubmitting it");
+                            let _ = std::fs::remove_dir_all(&staging);
+                            attempt += 1;
+                        }
                         Err(e) if retry_on_new_leader(&opts.target, &e) && attempt < MAX_FAILOVER_RETRIES => {
                             tracing::warn!(chunk = %label, error = %e, "chunk lost with the scheduler; resubmitting it to the leader");
                             let _ = std::fs::remove_dir_all(&staging);
                             session.reconnect(generation, opts, tables).await?;
-                            attempt += 1;
-                        }
-                        Err(e) if e.lost_to_executor_loss() && attempt < MAX_FAILOVER_RETRIES => {
-                            tracing::warn!(chunk = %label, error = %e, "chunk's job stopped by an executor loss; resubmitting it");
-                            let _ = std::fs::remove_dir_all(&staging);
                             attempt += 1;
                         }
                         Err(e) => {

@@ -87,10 +87,21 @@ pub async fn reachable_leader(
         let addr: HostPort = leader.endpoint.parse().map_err(|e: sluice_proto::Error| {
             Error::Usage(format!("leader record of cluster '{}': {e}", cluster.cluster))
         })?;
-        match check_reachable(&addr).await {
-            Ok(()) => return Ok(addr),
-            Err(e) if started.elapsed() >= wait => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        // Ready, not just listening: a frozen leader still accepts TCP.
+        let ready = crate::http::get(&addr.to_string(), "/readyz", Duration::from_secs(2)).await;
+        match ready {
+            Ok((200, _)) => return Ok(addr),
+            _ if started.elapsed() >= wait => {
+                return Err(Error::SchedulerUnreachable {
+                    addr,
+                    reason: format!(
+                        "the leader of cluster '{}' is not ready after {}s ({ready:?})",
+                        cluster.cluster,
+                        wait.as_secs()
+                    ),
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
 }

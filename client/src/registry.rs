@@ -177,6 +177,9 @@ impl Registry {
             started_ms: now_ms(),
             updated_ms: now_ms(),
         };
+        let mut client = client;
+        // A stale cancel request must not stop this run.
+        let _ = client.delete(cancel_key(target, &id), None).await;
         let registry =
             Self { target: target.clone(), client: Mutex::new(client), record: Mutex::new(record) };
         registry.save().await;

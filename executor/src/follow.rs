@@ -15,7 +15,7 @@
 //!   and the process leaves the cluster (membership key deleted, lease
 //!   revoked); on an error the executor rejoins.
 //!
-//! The lease is kept alive every third of its TTL. An etcd outage alone does
+//! The lease is kept alive every quarter of its TTL. An etcd outage alone does
 //! not end a term: etcd renews every lease when it comes back.
 
 use std::time::Duration;
@@ -27,6 +27,9 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::{ExecutorConfig, RunningExecutor};
+
+/// How long a stopping executor may drain its running tasks.
+const DRAIN_GRACE: Duration = Duration::from_secs(60);
 
 async fn grant(
     target: &EtcdTarget,
@@ -119,8 +122,14 @@ pub async fn follow(
         return Ok(());
     };
     let mut first = true;
+    let mut fresh_lease = false;
     loop {
-        if lease.state() != LeaseState::Alive {
+        if *shutdown.borrow() {
+            lease.revoke(&client).await;
+            return Ok(());
+        }
+        if fresh_lease || lease.state() != LeaseState::Alive {
+            fresh_lease = false;
             lease.abandon();
             lease = match grant(&target, &client, ttl, &mut shutdown).await {
                 Some(lease) => lease,
@@ -171,8 +180,9 @@ pub async fn follow(
         };
         if let Err(e) = target.put_record(&mut client.clone(), key.clone(), &record, lease.id).await
         {
-            tracing::warn!(error = %e, "cannot register membership in etcd; retrying");
+            tracing::warn!(error = %e, "cannot register membership in etcd; retrying under a new lease");
             runtime.shutdown_background();
+            fresh_lease = true;
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
@@ -182,8 +192,21 @@ pub async fn follow(
             first = false;
         }
         let stop_task = running.abort_handle();
+        let mut wait = std::pin::pin!(running.wait());
         tokio::select! {
-            result = running.wait() => match result {
+            () = sluice_proto::until_true(&mut shutdown) => {
+                // Ballista's executor saw the same signal and drains its
+                // tasks; give it the grace period, then leave the cluster.
+                if tokio::time::timeout(DRAIN_GRACE, &mut wait).await.is_err() {
+                    tracing::warn!(grace = ?DRAIN_GRACE, "executor did not drain in time; stopping it");
+                }
+                let _ = client.clone().delete(key, None).await;
+                lease.revoke(&client).await;
+                stop_task.abort();
+                runtime.shutdown_background();
+                return Ok(());
+            }
+            result = &mut wait => match result {
                 Ok(()) if !*shutdown.borrow() => {
                     // The leader stopped this executor (it declared it lost).
                     tracing::warn!("the leader stopped this executor; rejoining under a new id");

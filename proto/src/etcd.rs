@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use crate::HostPort;
 
 /// Default lease TTL of schedulers and executors, seconds: a lost member is
-/// noticed within it; keep-alives go out every third of it.
+/// noticed within it; keep-alives go out every quarter of it.
 pub const DEFAULT_LEASE_TTL_SECONDS: u64 = 20;
 
 /// How long a process keeps retrying an unreachable etcd at start.
@@ -382,7 +382,7 @@ pub enum LeaseState {
     Unconfirmed,
 }
 
-/// A lease kept alive in the background every third of its TTL.
+/// A lease kept alive in the background every quarter of its TTL.
 pub struct KeptLease {
     pub id: i64,
     pub ttl: Duration,
@@ -439,15 +439,14 @@ impl KeptLease {
     pub async fn revoke(self, client: &Client) {
         self.task.abort();
         let mut client = client.clone();
-        if let Err(e) = client.lease_revoke(self.id).await {
-            tracing::debug!(lease = self.id, error = %e, "lease revoke failed; it expires on its own");
+        let id = self.id;
+        if let Err(e) = client.lease_revoke(id).await {
+            tracing::debug!(lease = id, error = %e, "lease revoke failed; it expires on its own");
         }
     }
 
     /// Stops keeping the lease without revoking it.
-    pub fn abandon(self) {
-        self.task.abort();
-    }
+    pub fn abandon(self) {}
 }
 
 async fn keep_alive(
@@ -457,41 +456,77 @@ async fn keep_alive(
     give_up_unconfirmed: bool,
     state: watch::Sender<LeaseState>,
 ) {
-    let every = (ttl / 3).max(Duration::from_millis(500));
-    // A leader gives up a full keep-alive round before the TTL runs out.
-    let give_up_after = ttl.saturating_sub(every.min(Duration::from_secs(2))).max(every);
+    let every = (ttl / 4).max(Duration::from_millis(250));
+    // Every round (reconnect, send, reply) is bounded, and the time a lease
+    // is known good from is when the confirmed request was *sent*: a leader
+    // that gives up after `give_up_after` stops before etcd, counting from
+    // when it received that request, can expire the lease.
+    let round_limit = every.min(Duration::from_secs(2));
+    let give_up_after = ttl.saturating_sub(round_limit + Duration::from_secs(1)).max(round_limit);
     let mut confirmed = Instant::now();
     let mut stream = None;
     loop {
-        if stream.is_none() {
-            stream = client.lease_keep_alive(id).await.ok();
-        }
+        let sent = Instant::now();
         let round = async {
-            let (keeper, responses) = stream.as_mut().ok_or(())?;
-            keeper.keep_alive().await.map_err(|_| ())?;
-            match tokio::time::timeout(every, responses.message()).await {
-                Ok(Ok(Some(resp))) => Ok(resp.ttl()),
-                _ => Err(()),
+            if stream.is_none() {
+                match client.lease_keep_alive(id).await {
+                    Ok(s) => stream = Some(s),
+                    // The first reply is read while connecting: a gone lease
+                    // is an error here, not a TTL of 0.
+                    Err(e) => {
+                        let gone = match client.lease_time_to_live(id, None).await {
+                            Ok(resp) => resp.ttl() <= 0,
+                            Err(_) => false,
+                        };
+                        return if gone { Ok(0) } else { Err(e.to_string()) };
+                    }
+                }
+            }
+            let (keeper, responses) = stream.as_mut().ok_or("no stream")?;
+            keeper.keep_alive().await.map_err(|e| e.to_string())?;
+            match responses.message().await {
+                Ok(Some(resp)) => Ok(resp.ttl()),
+                Ok(None) => Err("keep-alive stream closed".to_string()),
+                Err(e) => Err(e.to_string()),
             }
         };
-        match round.await {
+        let outcome = match tokio::time::timeout(round_limit, round).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err("no reply in time".to_string()),
+        };
+        match outcome {
             Ok(left) if left <= 0 => {
                 tracing::warn!(lease = id, "lease expired");
                 let _ = state.send(LeaseState::Expired);
                 return;
             }
-            Ok(_) => confirmed = Instant::now(),
-            Err(()) => {
+            Ok(_) => confirmed = sent,
+            Err(reason) => {
                 stream = None;
-                tracing::warn!(lease = id, unconfirmed_for = ?confirmed.elapsed(), "lease keep-alive failed; retrying");
+                tracing::warn!(lease = id, %reason, unconfirmed_for = ?confirmed.elapsed(), "lease keep-alive failed; retrying");
                 if give_up_unconfirmed && confirmed.elapsed() >= give_up_after {
                     let _ = state.send(LeaseState::Unconfirmed);
                     return;
                 }
             }
         }
-        let next = if stream.is_some() { every } else { Duration::from_millis(500) };
+        let next = if stream.is_some() { every } else { every.min(Duration::from_millis(500)) };
+        let next = if give_up_unconfirmed {
+            // Wake up in time to give up.
+            next.min(
+                give_up_after.saturating_sub(confirmed.elapsed()).max(Duration::from_millis(50)),
+            )
+        } else {
+            next
+        };
         tokio::time::sleep(next).await;
+    }
+}
+
+impl Drop for KeptLease {
+    fn drop(&mut self) {
+        // Not revoked: the lease runs out on its own.
+        self.task.abort();
     }
 }
 

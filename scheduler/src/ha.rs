@@ -190,9 +190,15 @@ pub async fn run(
             }
             Campaign::Elected => {}
         }
-        match lead(&config, &target, &client, &lease, &listener, local_addr, &me, &mut shutdown)
-            .await?
-        {
+        let term =
+            lead(&config, &target, &client, &lease, &listener, local_addr, &me, &mut shutdown)
+                .await
+                .unwrap_or_else(|e| {
+                    // E.g. a port of the previous term not released yet: give
+                    // leadership up and campaign again.
+                    TermEnd::SteppedDown(format!("the scheduler failed to start: {e}"))
+                });
+        match term {
             TermEnd::Shutdown => {
                 // Revoking hands leadership over now instead of after a TTL.
                 lease.revoke(&client).await;
@@ -204,6 +210,10 @@ pub async fn run(
                 // once etcd answers, so a standby need not wait for its TTL.
                 let client = client.clone();
                 tokio::spawn(async move { lease.revoke(&client).await });
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = sluice_proto::until_true(&mut shutdown) => return Ok(()),
+                }
             }
         }
     }
@@ -341,18 +351,42 @@ async fn deposed(target: &EtcdTarget, client: &Client, lease: i64) -> String {
     }
 }
 
-/// Marks executors lost when their membership key disappears.
+/// Marks executors lost when their membership key disappears. Watches from
+/// the revision of a listing, resuming after the last event seen, and starts
+/// over when etcd cancels the watch (e.g. after a compaction).
 async fn watch_executors(target: EtcdTarget, client: Client, lost: LostExecutors) {
     let prefix = target.executors_prefix();
     let mut next_revision = 0;
     loop {
-        let mut options = WatchOptions::new().with_prefix();
-        if next_revision > 0 {
-            options = options.with_start_revision(next_revision);
+        if next_revision == 0 {
+            match client
+                .clone()
+                .get(prefix.clone(), Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+            {
+                Ok(resp) => {
+                    next_revision = resp.header().map_or(0, |h| h.revision() + 1);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list executors; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
         }
+        let options = WatchOptions::new().with_prefix().with_start_revision(next_revision);
         match client.clone().watch(prefix.clone(), Some(options)).await {
             Ok(mut stream) => {
                 while let Ok(Some(resp)) = stream.message().await {
+                    if resp.canceled() {
+                        tracing::warn!(
+                            reason = resp.cancel_reason(),
+                            "executor watch cancelled; resyncing"
+                        );
+                        // Compacted past our revision: list again.
+                        next_revision = 0;
+                        break;
+                    }
                     for event in resp.events() {
                         let Some(kv) = event.kv() else { continue };
                         next_revision = next_revision.max(kv.mod_revision() + 1);

@@ -131,8 +131,13 @@ enum Bench {
         iterations: usize,
         #[arg(long, default_value_t = 2)]
         executors: usize,
-        #[arg(long, default_value_t = 0)]
+        /// Slots per executor; 1 (one per core with 2 executors on 2 cores) so a task's time is
+        /// its work, not its wait for a core.
+        #[arg(long, default_value_t = 1)]
         vcores: usize,
+        /// Which runs: `backfill` (a), `join` (b) or `both`.
+        #[arg(long, default_value = "both", value_parser = ["backfill", "join", "both"])]
+        only: String,
     },
 }
 
@@ -150,7 +155,7 @@ fn main() -> anyhow::Result<()> {
                 vcores,
             })
         }
-        Bench::Skew { users, dates, zipf, partitions, iterations, executors, vcores } => {
+        Bench::Skew { users, dates, zipf, partitions, iterations, executors, vcores, only } => {
             skew::run(&skew::SkewBench {
                 users,
                 dates,
@@ -159,6 +164,8 @@ fn main() -> anyhow::Result<()> {
                 iterations: iterations.max(1),
                 executors,
                 vcores,
+                backfill: only != "join",
+                join: only != "backfill",
             })
         }
         Bench::Churn { users, dates, chunk_days, naive_every, iterations, executors, vcores } => {

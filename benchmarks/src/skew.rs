@@ -9,8 +9,12 @@
 //! task time is a partition's time). It then reads the scheduler's REST stage
 //! summaries (`/api/jobs`, `/api/job/{id}/stages`) of the jobs the run
 //! submitted. This machine has 2 cores, so wall time cannot show balance; the
-//! heaviest stage's task times decide the time on a real cluster. Of that
-//! stage it prints:
+//! heaviest stage's task times decide the time on a real cluster. It reports
+//! two stages: the heaviest one (largest total task time), and the heaviest
+//! one that reads a shuffle, the "keyed" stage where a hot key's partition
+//! lands (a scan stage's tasks are file byte ranges, which no key skew
+//! reaches, and at some sizes the scan is the heaviest stage). Of each it
+//! prints:
 //!
 //! - max / median task time;
 //! - the largest task's share of the stage's total task time;
@@ -39,16 +43,20 @@ pub struct SkewBench {
     pub iterations: usize,
     pub executors: usize,
     pub vcores: usize,
+    /// Run (a), the backfill.
+    pub backfill: bool,
+    /// Run (b), the join and aggregation.
+    pub join: bool,
 }
 
-/// One backfill run: wall time and the heaviest stage's task times (ms).
-struct Measured {
-    wall: f64,
-    stage: String,
+/// One stage's label and task times (ms).
+#[derive(Clone, Default)]
+struct Stage {
+    label: String,
     tasks: Vec<u64>,
 }
 
-impl Measured {
+impl Stage {
     fn median_task(&self) -> f64 {
         let mut t = self.tasks.clone();
         t.sort_unstable();
@@ -61,6 +69,10 @@ impl Measured {
 
     fn max_task(&self) -> u64 {
         self.tasks.iter().copied().max().unwrap_or(0)
+    }
+
+    fn max_over_median(&self) -> f64 {
+        self.max_task() as f64 / self.median_task().max(1.0)
     }
 
     fn largest_share(&self) -> f64 {
@@ -80,6 +92,29 @@ impl Measured {
         }
         load.into_iter().max().unwrap_or(0)
     }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} tasks, max/median {:.2} ({} ms / {:.0} ms), largest share {:.1}%, 64-slot makespan {} ms\n      {}",
+            self.tasks.len(),
+            self.max_over_median(),
+            self.max_task(),
+            self.median_task(),
+            100.0 * self.largest_share(),
+            self.makespan(64),
+            self.label.chars().take(200).collect::<String>(),
+        )
+    }
+}
+
+/// One run: wall time, its heaviest stage, its heaviest stage that reads a
+/// shuffle (where a hot key's partition lands: the "keyed" stage) and its
+/// jobs' times (ms, in submission order).
+struct Measured {
+    wall: f64,
+    heaviest: Stage,
+    keyed: Stage,
+    jobs: Vec<u64>,
 }
 
 fn now_ms() -> u64 {
@@ -97,20 +132,24 @@ async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
 }
 
 /// The heaviest stage (largest total task time) of the jobs submitted at or
-/// after `since_ms`.
-async fn heaviest_stage(
+/// after `since_ms`, the heaviest of those that read a shuffle, and the jobs'
+/// times.
+async fn stages_since(
     http: &reqwest::Client,
     rest: &str,
     since_ms: u64,
-) -> anyhow::Result<(String, Vec<u64>)> {
+) -> anyhow::Result<(Stage, Stage, Vec<u64>)> {
     let jobs = get_json(http, &format!("{rest}/api/jobs")).await?;
     let jobs = jobs.as_array().context("/api/jobs: expected an array")?;
-    let mut best: Option<(u64, String, Vec<u64>)> = None;
+    let (mut heaviest, mut keyed): ((u64, Stage), (u64, Stage)) = Default::default();
+    let mut times: Vec<(u64, u64)> = Vec::new();
     for job in jobs {
         let started = job.get("start_time").and_then(Value::as_u64).unwrap_or(0);
         if started < since_ms {
             continue;
         }
+        let ended = job.get("end_time").and_then(Value::as_u64).unwrap_or(0);
+        times.push((started, ended.saturating_sub(started)));
         let id = job.get("job_id").and_then(Value::as_str).context("job without job_id")?;
         let stages = get_json(http, &format!("{rest}/api/job/{id}/stages")).await?;
         let stages = stages.get("stages").and_then(Value::as_array).context("no stages")?;
@@ -125,17 +164,22 @@ async fn heaviest_stage(
                 })
                 .unwrap_or_default();
             let total: u64 = tasks.iter().sum();
-            if best.as_ref().is_none_or(|(b, _, _)| total > *b) {
-                let sid = stage.get("stage_id").and_then(Value::as_str).unwrap_or("?");
-                let plan = stage.get("stage_plan").and_then(Value::as_str).unwrap_or("");
-                let top: Vec<&str> = plan.lines().take(3).map(str::trim).collect();
-                let label = format!("job {id} stage {sid}: {}", top.join(" <- "));
-                best = Some((total, label, tasks));
+            let sid = stage.get("stage_id").and_then(Value::as_str).unwrap_or("?");
+            let plan = stage.get("stage_plan").and_then(Value::as_str).unwrap_or("");
+            let top: Vec<&str> = plan.lines().take(3).map(str::trim).collect();
+            let this =
+                Stage { label: format!("job {id} stage {sid}: {}", top.join(" <- ")), tasks };
+            if total > heaviest.0 || heaviest.1.tasks.is_empty() {
+                heaviest = (total, this.clone());
+            }
+            if plan.contains("ShuffleReaderExec") && (total > keyed.0 || keyed.1.tasks.is_empty()) {
+                keyed = (total, this);
             }
         }
     }
-    let (_, label, tasks) = best.context("no stage of this run found in /api/jobs")?;
-    Ok((label, tasks))
+    anyhow::ensure!(!heaviest.1.tasks.is_empty(), "no stage of this run found in /api/jobs");
+    times.sort_unstable();
+    Ok((heaviest.1, keyed.1, times.into_iter().map(|(_, t)| t).collect()))
 }
 
 /// Runs the benchmark and prints its figures.
@@ -179,7 +223,7 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
 
     let mut results: Vec<(&str, bool, Measured)> = Vec::new();
     let mut n = 0;
-    for (name, zipf, data) in &sets {
+    for (name, zipf, data) in sets.iter().filter(|_| b.backfill) {
         for skew in [true, false] {
             let mut runs = Vec::new();
             // One untimed run per configuration first (page cache, connections).
@@ -208,26 +252,22 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
                 let report = rt.block_on(backfill(&opts))?;
                 let wall = t.elapsed().as_secs_f64();
                 anyhow::ensure!(report.ok, "quality failed on {name} (skew {skew})");
-                let (stage, tasks) = rt.block_on(heaviest_stage(&http, &rest, since))?;
+                let (heaviest, keyed, jobs) = rt.block_on(stages_since(&http, &rest, since))?;
                 if i > 0 {
-                    runs.push(Measured { wall, stage, tasks });
+                    runs.push(Measured { wall, heaviest, keyed, jobs });
                 }
             }
             runs.sort_by(|a, b| a.wall.total_cmp(&b.wall));
             let walls: Vec<String> = runs.iter().map(|m| format!("{:.2}", m.wall)).collect();
             let m = runs.swap_remove(runs.len() / 2);
             println!(
-                "{name:<7} (zipf {zipf}) skew {:<3}: wall {:.2} s (median of [{}]); heaviest stage {} tasks, max/median {:.2} ({} ms / {:.0} ms), largest share {:.1}%, 64-slot makespan {} ms\n    {}",
+                "{name:<7} (zipf {zipf}) skew {:<3}: wall {:.2} s (median of [{}]; jobs {:?} ms)\n    heaviest stage: {}\n    keyed stage:    {}",
                 if skew { "on" } else { "off" },
                 m.wall,
                 walls.join(", "),
-                m.tasks.len(),
-                m.max_task() as f64 / m.median_task().max(1.0),
-                m.max_task(),
-                m.median_task(),
-                100.0 * m.largest_share(),
-                m.makespan(64),
-                m.stage.chars().take(200).collect::<String>(),
+                m.jobs,
+                m.heaviest.summary(),
+                m.keyed.summary(),
             );
             results.push((name, skew, m));
         }
@@ -239,7 +279,7 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
                     JOIN (SELECT user_id, sum(amount) AS spend FROM transactions GROUP BY user_id) s \
                     ON e.user_id = s.user_id GROUP BY e.event_type ORDER BY e.event_type";
     let mut joins: Vec<(&str, bool, Measured)> = Vec::new();
-    for (name, zipf, data) in &sets {
+    for (name, zipf, data) in sets.iter().filter(|_| b.join) {
         let tables: Vec<sluice_sql::tables::TableSource> = sluice_client::datagen::churn::TABLES
             .iter()
             .map(|t| {
@@ -266,26 +306,24 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
                 let out =
                     rt.block_on(sluice_client::connect::run_sql_salted(&conn.ctx, join_sql))?;
                 let wall = t.elapsed().as_secs_f64();
-                let (stage, tasks) = rt.block_on(heaviest_stage(&http, &rest, since))?;
+                let (heaviest, keyed, jobs) = rt.block_on(stages_since(&http, &rest, since))?;
                 if i == 0 {
                     answers.push(out);
                 } else {
-                    runs.push(Measured { wall, stage, tasks });
+                    runs.push(Measured { wall, heaviest, keyed, jobs });
                 }
             }
             runs.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+            let walls: Vec<String> = runs.iter().map(|m| format!("{:.2}", m.wall)).collect();
             let m = runs.swap_remove(runs.len() / 2);
             println!(
-                "join+agg {name:<7} (zipf {zipf}) skew {:<3}: wall {:.2} s; heaviest stage {} tasks, max/median {:.2} ({} ms / {:.0} ms), largest share {:.1}%, 64-slot makespan {} ms\n    {}",
+                "join+agg {name:<7} (zipf {zipf}) skew {:<3}: wall {:.2} s (median of [{}]; jobs {:?} ms)\n    heaviest stage: {}\n    keyed stage:    {}",
                 if skew { "on" } else { "off" },
                 m.wall,
-                m.tasks.len(),
-                m.max_task() as f64 / m.median_task().max(1.0),
-                m.max_task(),
-                m.median_task(),
-                100.0 * m.largest_share(),
-                m.makespan(64),
-                m.stage.chars().take(200).collect::<String>(),
+                walls.join(", "),
+                m.jobs,
+                m.heaviest.summary(),
+                m.keyed.summary(),
             );
             joins.push((name, skew, m));
         }
@@ -298,19 +336,24 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
 }
 
 /// The target lines of one benchmark: balance with skew handling on, and
-/// the on/off ratios on skewed and uniform data.
+/// the on/off ratios on skewed and uniform data, for the heaviest stage and
+/// for the keyed stage.
 fn print_ratios(label: &str, runs: &[(&str, bool, Measured)]) {
     let get = |name: &str, skew: bool| runs.iter().find(|r| r.0 == name && r.1 == skew);
     if let (Some((_, _, on)), Some((_, _, off))) = (get("zipf", true), get("zipf", false)) {
-        println!(
-            "{label}zipf, skew on: max/median = {:.2} (target <= 2), largest share = {:.1}% (target <= 5%)",
-            on.max_task() as f64 / on.median_task().max(1.0),
-            100.0 * on.largest_share()
-        );
-        println!(
-            "RATIO {label}zipf 64-slot makespan off/on = {:.1}x (target >= 5)",
-            off.makespan(64) as f64 / on.makespan(64).max(1) as f64
-        );
+        for (which, on, off) in
+            [("heaviest", &on.heaviest, &off.heaviest), ("keyed", &on.keyed, &off.keyed)]
+        {
+            println!(
+                "{label}zipf, skew on, {which} stage: max/median = {:.2} (target <= 2), largest share = {:.1}% (target <= 5%)",
+                on.max_over_median(),
+                100.0 * on.largest_share()
+            );
+            println!(
+                "RATIO {label}zipf {which}-stage 64-slot makespan off/on = {:.1}x (target >= 5)",
+                off.makespan(64) as f64 / on.makespan(64).max(1) as f64
+            );
+        }
         println!("RATIO {label}zipf wall on/off = {:.2} (target <= 1.0)", on.wall / off.wall);
     }
     if let (Some((_, _, on)), Some((_, _, off))) = (get("uniform", true), get("uniform", false)) {

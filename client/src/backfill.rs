@@ -602,6 +602,17 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
     let sql = plan::chunk_query(&spec, first, last, &types, &plan_opts);
     let mut text = format!("-- chunk {first}..{last}\n");
     text.push_str(&hot_keys_report(&conn.ctx, &spec, first, last, &skew).await?);
+    // The adaptive planner picks broadcast joins at run time; say what it
+    // is expected to pick from the estimates now.
+    let logical =
+        conn.ctx.state().create_logical_plan(&sql).await.map_err(Error::from_datafusion)?;
+    let logical = conn.ctx.state().optimize(&logical).map_err(Error::from_datafusion)?;
+    for note in sluice_sql::broadcast::notes(&conn.ctx.state(), &logical)
+        .await
+        .map_err(Error::from_datafusion)?
+    {
+        text.push_str(&format!("-- {note}\n"));
+    }
     text.push_str(&format!("{sql}\n\n"));
     if let (true, Some(scheduler)) = (analyze, &conn.scheduler) {
         // Ballista cannot EXPLAIN ANALYZE this plan, and its adaptive planner

@@ -190,10 +190,11 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>
 
 /// Runs one SQL statement as [`run_sql`] does, with hot-key salting of its
 /// joins when `sluice.skew.enabled` (the default): the left key of each
-/// saltable join over a plain scan is counted on the engine, keys above
-/// `sluice.skew.hot_key_share` of the rows are salted into
+/// saltable join over a plain scan is sampled ([`crate::hotkeys`]), keys
+/// above `sluice.skew.hot_key_share` of the rows are salted into
 /// `sluice.skew.buckets` buckets (see `sluice_sql::skew`). `EXPLAIN` shows
-/// the rewritten plan, preceded by one `sluice_skew` row per salted join.
+/// the rewritten plan, preceded by one `sluice_skew` row per salted join and
+/// one `sluice_broadcast` row per equi-join (see `sluice_sql::broadcast`).
 ///
 /// # Errors
 /// As [`run_sql`].
@@ -219,14 +220,12 @@ fn reads_only(sql: &str) -> bool {
 
 async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     use datafusion::arrow::array::{Array, StringArray};
-    use datafusion::functions_aggregate::expr_fn::count;
-    use datafusion::functions_aggregate::sum::sum_udaf;
-    use datafusion::logical_expr::expr::WindowFunction;
-    use datafusion::logical_expr::{Expr, LogicalPlan, WindowFunctionDefinition, col, lit};
+    use datafusion::logical_expr::LogicalPlan;
 
     let df = ctx.sql(sql).await.map_err(Error::from_datafusion)?;
     let opts = sluice_sql::options::of_session(ctx);
-    if !opts.skew_enabled {
+    let is_explain = matches!(df.logical_plan(), LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+    if !opts.skew_enabled && !is_explain {
         return df.collect().await.map_err(Error::from_datafusion);
     }
     let (plan, explain) = match df.logical_plan() {
@@ -238,65 +237,38 @@ async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<Reco
     // filters pushed into the scans by DataFusion's logical optimizer.
     let plan = ctx.state().optimize(&plan).map_err(Error::from_datafusion)?;
     let mut hot = std::collections::BTreeMap::new();
-    for c in sluice_sql::skew::join_candidates(&plan).map_err(Error::from_datafusion)? {
-        // One job: the key counts, their total (a window over the groups)
-        // and the 16 largest.
-        let total_over_groups = Expr::WindowFunction(Box::new(WindowFunction::new(
-            WindowFunctionDefinition::AggregateUDF(sum_udaf()),
-            vec![col("__n")],
-        )))
-        .alias("__total");
-        let top = DataFrame::new(ctx.state(), c.left)
-            .aggregate(vec![c.key.clone()], vec![count(lit(1)).alias("__n")])
-            .and_then(|d| d.window(vec![total_over_groups]))
-            .and_then(|d| d.sort(vec![col("__n").sort(false, true)]))
-            .and_then(|d| d.limit(0, Some(16)))
-            .map_err(Error::from_datafusion)?
-            .collect()
-            .await
-            .map_err(Error::from_datafusion)?;
-        let as_i64 = |a: &std::sync::Arc<dyn Array>| -> Result<std::sync::Arc<dyn Array>> {
-            datafusion::arrow::compute::cast(a, &datafusion::arrow::datatypes::DataType::Int64)
-                .map_err(|e| Error::from_datafusion(e.into()))
-        };
-        let mut total = 0i64;
-        for b in &top {
-            let t = as_i64(b.column(2))?;
-            if let Some(t) = t.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>() {
-                total = total.max(t.iter().flatten().max().unwrap_or(0));
-            }
-        }
-        if total == 0 {
-            continue;
-        }
-        let mut keys = Vec::new();
-        for b in &top {
-            let n = as_i64(b.column(1))?;
-            let n = n
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                .ok_or_else(|| Error::Sql { message: "hot-key count is not an integer".into() })?;
-            for i in 0..b.num_rows() {
-                if b.column(0).is_valid(i)
-                    && n.value(i) as f64 > opts.skew_hot_key_share * total as f64
-                {
-                    keys.push(
-                        datafusion::common::ScalarValue::try_from_array(b.column(0), i)
-                            .map_err(Error::from_datafusion)?,
-                    );
-                }
-            }
-        }
+    let candidates = if opts.skew_enabled {
+        sluice_sql::skew::join_candidates(&plan).map_err(Error::from_datafusion)?
+    } else {
+        Vec::new()
+    };
+    let mut detected = Vec::new();
+    for c in candidates {
+        let (keys, how) =
+            crate::hotkeys::hot_keys(ctx, &c.left, &c.key, opts.skew_hot_key_share).await?;
         if !keys.is_empty() {
             hot.insert(c.index, keys);
+            detected.push(how);
         }
     }
-    let (plan, notes) = sluice_sql::skew::salt_joins(plan, &hot, opts.skew_buckets)
+    // The join's shuffle partitions: salt values are chosen to land on
+    // distinct ones.
+    let partitions = ctx.state().config().target_partitions();
+    let (plan, notes) = sluice_sql::skew::salt_joins(plan, &hot, opts.skew_buckets, partitions)
         .map_err(Error::from_datafusion)?;
-    let df = DataFrame::new(ctx.state(), plan);
+    // One note per salted join, in the order of `hot` (the joins' order).
+    let notes: Vec<String> =
+        notes.into_iter().zip(&detected).map(|(n, how)| format!("{n} ({how})")).collect();
     let Some((verbose, analyze)) = explain else {
-        return df.collect().await.map_err(Error::from_datafusion);
+        return DataFrame::new(ctx.state(), plan).collect().await.map_err(Error::from_datafusion);
     };
+    let mut notes: Vec<(&str, String)> = notes.into_iter().map(|n| ("sluice_skew", n)).collect();
+    for n in
+        sluice_sql::broadcast::notes(&ctx.state(), &plan).await.map_err(Error::from_datafusion)?
+    {
+        notes.push(("sluice_broadcast", n));
+    }
+    let df = DataFrame::new(ctx.state(), plan);
     let mut batches = df
         .explain(verbose, analyze)
         .map_err(Error::from_datafusion)?
@@ -305,8 +277,8 @@ async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<Reco
         .map_err(Error::from_datafusion)?;
     if let (false, Some(first)) = (notes.is_empty(), batches.first()) {
         let schema = first.schema();
-        let kinds = StringArray::from(vec!["sluice_skew"; notes.len()]);
-        let texts = StringArray::from(notes);
+        let kinds = StringArray::from(notes.iter().map(|(k, _)| *k).collect::<Vec<_>>());
+        let texts = StringArray::from(notes.into_iter().map(|(_, n)| n).collect::<Vec<_>>());
         let cols: Vec<std::sync::Arc<dyn Array>> =
             vec![std::sync::Arc::new(kinds), std::sync::Arc::new(texts)];
         if schema.fields().len() == 2 {

@@ -10,6 +10,7 @@ pub mod datagen;
 pub mod demo;
 pub mod error;
 pub mod format;
+pub mod hotkeys;
 pub mod http;
 pub mod registry;
 pub mod status;

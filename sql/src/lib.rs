@@ -12,6 +12,7 @@
 //! executors, so every process must build its `SessionConfig` through
 //! [`session::cluster_session_config`], which registers every extension.
 
+pub mod broadcast;
 pub mod catalog;
 pub mod error;
 pub mod job;

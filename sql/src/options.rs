@@ -22,20 +22,24 @@ pub struct SluiceOptions {
     /// `sluice.skew.hot_key_share`: a key is hot when it holds more than this
     /// share of its input's rows (0 < share < 1).
     pub skew_hot_key_share: f64,
-    /// `sluice.skew.buckets`: number of salt buckets a hot key is spread over.
+    /// `sluice.skew.buckets`: number of salt buckets a hot key is spread over
+    /// (at most the join's shuffle partition count).
     pub skew_buckets: u32,
 }
 
 impl Default for SluiceOptions {
     fn default() -> Self {
-        Self { skew_enabled: true, skew_hot_key_share: 0.01, skew_buckets: 16 }
+        Self { skew_enabled: true, skew_hot_key_share: 0.01, skew_buckets: 32 }
     }
 }
 
 const KEYS: [(&str, &str); 3] = [
     ("skew.enabled", "Detect hot join/grouping keys and salt them (true|false)."),
     ("skew.hot_key_share", "A key is hot above this share of its input's rows, in (0, 1)."),
-    ("skew.buckets", "Salt buckets a hot key is spread over, 2..=1024."),
+    (
+        "skew.buckets",
+        "Salt buckets a hot key is spread over, 2..=1024 (at most one per shuffle partition).",
+    ),
 ];
 
 impl ConfigExtension for SluiceOptions {

@@ -514,6 +514,11 @@ fn skewed_backfill_is_equal_with_skew_handling_on_and_off() {
     let text = rt.block_on(sluice_client::backfill::explain(&local_opts, false)).expect("explain");
     assert!(text.contains("hot keys") && text.contains("user_id=1 ("), "{text}");
     assert!(text.contains("skew handling on") && !text.contains(";combine=0"), "{text}");
+    // ... and that the users dimension join is expected to be broadcast.
+    assert!(
+        text.lines().any(|l| l.starts_with("-- Right join on") && l.contains("broadcast users (")),
+        "{text}"
+    );
     local_opts.settings = vec![("sluice.skew.enabled".into(), "false".into())];
     let text =
         rt.block_on(sluice_client::backfill::explain(&local_opts, false)).expect("explain off");

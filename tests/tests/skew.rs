@@ -72,6 +72,12 @@ fn salted_joins_equal_unsalted_and_local_on_skewed_data() {
             let explain =
                 run_sql_salted(&on.ctx, &format!("EXPLAIN {sql}")).await.expect("explain");
             let text = sluice_client::verify::normalize(&explain).expect("text").join("\n");
+            // Every join gets a line on its expected strategy.
+            assert_eq!(
+                text.contains("sluice_broadcast"),
+                name.contains("join"),
+                "{name}: broadcast note:\n{text}"
+            );
             if text.contains("sluice_skew") {
                 assert!(
                     text.contains("hot keys: 1"),

@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
-pub mod salt;
+pub mod hot_salt;
 pub mod tiles;
 
 /// Sluice's scalar functions.
 pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
-    vec![Arc::new(ScalarUDF::from(salt::Salt::default()))]
+    vec![
+        Arc::new(ScalarUDF::from(hot_salt::HotSalt::default())),
+        Arc::new(ScalarUDF::from(hot_salt::HotSalts::default())),
+    ]
 }
 
 /// Sluice's aggregate functions.

@@ -38,4 +38,8 @@ export SLUICE_PYTHON
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
 cargo fmt --all -- --check
+# The cluster tests start the real `sluice-scheduler`, `sluice-executor` and
+# `sluice` binaries from the target dir: build them first (building the test
+# targets does not relink them, and a stale one would test old code).
+cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -192,7 +192,8 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>
 /// joins when `sluice.skew.enabled` (the default): the left key of each
 /// saltable join over a plain scan is sampled ([`crate::hotkeys`]), keys
 /// above `sluice.skew.hot_key_share` of the rows are salted into
-/// `sluice.skew.buckets` buckets (see `sluice_sql::skew`). `EXPLAIN` shows
+/// `sluice.skew.buckets` buckets (see `sluice_sql::skew`); joins expected to
+/// be broadcast are not salted, as neither side is shuffled. `EXPLAIN` shows
 /// the rewritten plan, preceded by one `sluice_skew` row per salted join and
 /// one `sluice_broadcast` row per equi-join (see `sluice_sql::broadcast`).
 ///
@@ -244,6 +245,10 @@ async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<Reco
     };
     let mut detected = Vec::new();
     for c in candidates {
+        // A broadcast join shuffles neither side: nothing to balance.
+        if sluice_sql::broadcast::expected(&ctx.state(), &c.join).await {
+            continue;
+        }
         let (keys, how) =
             crate::hotkeys::hot_keys(ctx, &c.left, &c.key, opts.skew_hot_key_share).await?;
         if !keys.is_empty() {
@@ -251,6 +256,14 @@ async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<Reco
             detected.push(how);
         }
     }
+    // Broadcast expectations are noted on the plan before salting: the
+    // salted right side (an unnest) has no size estimate.
+    let broadcast = match explain {
+        Some(_) => sluice_sql::broadcast::notes(&ctx.state(), &plan)
+            .await
+            .map_err(Error::from_datafusion)?,
+        None => Vec::new(),
+    };
     // The join's shuffle partitions: salt values are chosen to land on
     // distinct ones.
     let partitions = ctx.state().config().target_partitions();
@@ -263,11 +276,7 @@ async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<Reco
         return DataFrame::new(ctx.state(), plan).collect().await.map_err(Error::from_datafusion);
     };
     let mut notes: Vec<(&str, String)> = notes.into_iter().map(|n| ("sluice_skew", n)).collect();
-    for n in
-        sluice_sql::broadcast::notes(&ctx.state(), &plan).await.map_err(Error::from_datafusion)?
-    {
-        notes.push(("sluice_broadcast", n));
-    }
+    notes.extend(broadcast.into_iter().map(|n| ("sluice_broadcast", n)));
     let df = DataFrame::new(ctx.state(), plan);
     let mut batches = df
         .explain(verbose, analyze)

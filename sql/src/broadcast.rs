@@ -24,7 +24,7 @@ use ballista_core::config::BallistaConfig;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, Result};
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Join, LogicalPlan};
 use datafusion::physical_plan::statistics::StatisticsContext;
 use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
@@ -131,6 +131,39 @@ fn decide(
     (under && broadcast_safe(build_type), swap, why)
 }
 
+/// The thresholds in force: Ballista's keys (their defaults when the
+/// session has no Ballista options).
+fn thresholds(state: &SessionState) -> (usize, usize) {
+    match state.config().options().extensions.get::<BallistaConfig>() {
+        Some(bc) => (bc.broadcast_join_threshold_bytes(), bc.broadcast_join_threshold_rows()),
+        None => {
+            let d = BallistaConfig::default();
+            (d.broadcast_join_threshold_bytes(), d.broadcast_join_threshold_rows())
+        }
+    }
+}
+
+/// Each side's estimated size, from plain DataFusion planning (the
+/// session's own planner may be Ballista's, whose plans carry none).
+async fn sizes(state: &SessionState, j: &Join) -> [Size; 2] {
+    let planner = DefaultPhysicalPlanner::default();
+    let mut sizes = [Size::default(); 2];
+    for (size, side) in sizes.iter_mut().zip([&j.left, &j.right]) {
+        if let Ok(physical) = planner.create_physical_plan(side, state).await {
+            *size = Size::of(&physical);
+        }
+    }
+    sizes
+}
+
+/// Whether the adaptive planner is expected to broadcast a side of `j`
+/// (so its shuffle, and any skew in it, does not happen).
+pub async fn expected(state: &SessionState, j: &Join) -> bool {
+    let (bytes, rows) = thresholds(state);
+    let [left, right] = sizes(state, j).await;
+    decide(j.join_type, left, right, bytes, rows).0
+}
+
 /// One line per equi-join of `plan` (an optimized logical plan): which side
 /// the adaptive planner is expected to broadcast, or why the join is
 /// partitioned, with the estimated sizes. Reads file metadata only; runs
@@ -139,14 +172,7 @@ fn decide(
 /// # Errors
 /// A side that cannot be planned.
 pub async fn notes(state: &SessionState, plan: &LogicalPlan) -> Result<Vec<String>> {
-    let (threshold_bytes, threshold_rows) =
-        match state.config().options().extensions.get::<BallistaConfig>() {
-            Some(bc) => (bc.broadcast_join_threshold_bytes(), bc.broadcast_join_threshold_rows()),
-            None => {
-                let d = BallistaConfig::default();
-                (d.broadcast_join_threshold_bytes(), d.broadcast_join_threshold_rows())
-            }
-        };
+    let (threshold_bytes, threshold_rows) = thresholds(state);
     let mut joins = Vec::new();
     plan.apply(|p| {
         if let LogicalPlan::Join(j) = p
@@ -156,18 +182,9 @@ pub async fn notes(state: &SessionState, plan: &LogicalPlan) -> Result<Vec<Strin
         }
         Ok(TreeNodeRecursion::Continue)
     })?;
-    // Plain DataFusion planning of each side, for its statistics (the
-    // session's own planner may be Ballista's, whose plans carry none).
-    let planner = DefaultPhysicalPlanner::default();
     let mut out = Vec::new();
     for j in joins {
-        let mut sizes = [Size::default(); 2];
-        for (size, side) in sizes.iter_mut().zip([&j.left, &j.right]) {
-            if let Ok(physical) = planner.create_physical_plan(side, state).await {
-                *size = Size::of(&physical);
-            }
-        }
-        let [left, right] = sizes;
+        let [left, right] = sizes(state, &j).await;
         let (broadcast, swap, why) =
             decide(j.join_type, left, right, threshold_bytes, threshold_rows);
         let keys: Vec<String> = j.on.iter().map(|(l, r)| format!("{l} = {r}")).collect();

@@ -51,6 +51,8 @@ pub struct Candidate {
     pub index: usize,
     pub left: LogicalPlan,
     pub key: Expr,
+    /// The join itself (to tell whether it will be broadcast).
+    pub join: datafusion::logical_expr::Join,
 }
 
 fn saltable(join_type: JoinType) -> bool {
@@ -89,6 +91,7 @@ pub fn join_candidates(plan: &LogicalPlan) -> Result<Vec<Candidate>> {
                     index,
                     left: j.left.as_ref().clone(),
                     key: j.on[0].0.clone(),
+                    join: j.clone(),
                 });
             }
             index += 1;

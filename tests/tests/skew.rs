@@ -61,11 +61,28 @@ fn salted_joins_equal_unsalted_and_local_on_skewed_data() {
     let rt = sluice_proto::runtime().expect("runtime");
     rt.block_on(async {
         let parts = ("datafusion.execution.target_partitions".to_string(), "8".to_string());
-        let on = connect(&target, &[parts.clone()], &tables).await.expect("connect on");
-        let off =
-            connect(&target, &[parts, ("sluice.skew.enabled".into(), "false".into())], &tables)
-                .await
-                .expect("connect off");
+        // Partitioned joins: a join expected to be broadcast is never salted.
+        let shuffled =
+            ("ballista.optimizer.broadcast_join_threshold_bytes".to_string(), "0".to_string());
+        let on = connect(&target, &[parts.clone(), shuffled.clone()], &tables)
+            .await
+            .expect("connect on");
+        let off = connect(
+            &target,
+            &[parts.clone(), shuffled, ("sluice.skew.enabled".into(), "false".into())],
+            &tables,
+        )
+        .await
+        .expect("connect off");
+        // With the default threshold these small inputs are broadcast: the
+        // join is not salted, and EXPLAIN says it will be broadcast.
+        let broadcast = connect(&target, &[parts], &tables).await.expect("connect broadcast");
+        let explain = run_sql_salted(&broadcast.ctx, &format!("EXPLAIN {}", QUERIES[0].1))
+            .await
+            .expect("explain broadcast");
+        let text = sluice_client::verify::normalize(&explain).expect("text").join("\n");
+        assert!(!text.contains("sluice_skew"), "a broadcast join was salted:\n{text}");
+        assert!(text.contains("sluice_broadcast") && text.contains(": broadcast "), "{text}");
         let local = local_context(&data).await;
         let mut salted = 0;
         for (name, sql) in QUERIES {
@@ -203,6 +220,7 @@ fn randomized_salted_joins_equal_local() {
         rt.block_on(async {
             let settings = [
                 ("datafusion.execution.target_partitions".to_string(), partitions.to_string()),
+                ("ballista.optimizer.broadcast_join_threshold_bytes".to_string(), "0".to_string()),
                 ("sluice.skew.buckets".to_string(), buckets.to_string()),
                 ("sluice.skew.hot_key_share".to_string(), share.to_string()),
             ];
@@ -300,6 +318,7 @@ fn executor_killed_mid_salted_job(adaptive: bool) {
     let (answer, killed_during) = rt.block_on(async {
         let settings = [
             ("datafusion.execution.target_partitions".to_string(), "8".to_string()),
+            ("ballista.optimizer.broadcast_join_threshold_bytes".to_string(), "0".to_string()),
             ("ballista.scheduler.max_partitions_per_task".to_string(), "1".to_string()),
             ("ballista.planner.adaptive.enabled".to_string(), adaptive.to_string()),
         ];

@@ -160,6 +160,10 @@ async fn sizes(state: &SessionState, j: &Join) -> [Size; 2] {
 /// (so its shuffle, and any skew in it, does not happen).
 pub async fn expected(state: &SessionState, j: &Join) -> bool {
     let (bytes, rows) = thresholds(state);
+    if bytes == 0 {
+        // Broadcast is off: no need to plan the sides for their sizes.
+        return false;
+    }
     let [left, right] = sizes(state, j).await;
     decide(j.join_type, left, right, bytes, rows).0
 }

@@ -537,7 +537,56 @@ struct Prepared {
     types: plan::ColumnTypes,
     plan_opts: plan::PlanOptions,
     skew: SluiceOptions,
+    /// The range's hot entities (`None`: skew handling off).
+    hot: Option<HotEntities>,
     tables: Vec<TableSource>,
+}
+
+/// The hot entities of a backfill's range: keys with their share of the
+/// rows the sources feed the tiles aggregation, and how that was measured.
+struct HotEntities {
+    keys: Vec<(datafusion::common::ScalarValue, f64)>,
+    how: crate::hotkeys::Detection,
+    /// The shuffle partitions the salts were chosen for.
+    partitions: usize,
+}
+
+/// Samples the entity keys of every event source over `first..=last` (the
+/// rows the tiles aggregation reads) and returns the hot ones: once per
+/// backfill, not per chunk; a key hot in only some chunks costs those
+/// chunks a little balance, never correctness.
+async fn hot_entities(
+    ctx: &SessionContext,
+    spec: &JobSpec,
+    first: NaiveDate,
+    last: NaiveDate,
+    skew: &SluiceOptions,
+) -> Result<HotEntities> {
+    let (f, t) = (plan::day_number(first), plan::day_number(last));
+    let keys: Vec<String> = spec
+        .event_sources()
+        .into_iter()
+        .map(|src| format!("SELECT __k FROM ({})", plan::partial_query(spec, src, f, t)))
+        .collect();
+    let partitions = ctx.state().config().target_partitions();
+    if keys.is_empty() {
+        return Ok(HotEntities {
+            keys: vec![],
+            how: crate::hotkeys::Detection::Counted,
+            partitions,
+        });
+    }
+    let df = ctx.sql(&keys.join(" UNION ALL ")).await.map_err(Error::from_datafusion)?;
+    // Optimized: types coerced and filters pushed into the scans.
+    let keys_plan = ctx.state().optimize(df.logical_plan()).map_err(Error::from_datafusion)?;
+    let (keys, how) = crate::hotkeys::hot_keys(
+        ctx,
+        &keys_plan,
+        &datafusion::prelude::col("__k"),
+        skew.skew_hot_key_share,
+    )
+    .await?;
+    Ok(HotEntities { keys, how, partitions })
 }
 
 /// Parses and validates the spec, registers its sources and checks them
@@ -583,8 +632,18 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
     validate_against_data(&conn.ctx, &spec, &spec_label).await?;
     let types = partial_types(&conn.ctx, &spec).await?;
     let skew = sluice_sql::options::of_session(&conn.ctx);
-    let plan_opts = plan::PlanOptions { combine_per_day: skew.skew_enabled };
-    Ok(Prepared { spec, spec_label, out, conn, types, plan_opts, skew, tables })
+    let mut plan_opts = plan::PlanOptions { combine_per_day: skew.skew_enabled, salted: None };
+    let hot = match skew.skew_enabled {
+        true => Some(hot_entities(&conn.ctx, &spec, opts.from, opts.to, &skew).await?),
+        false => None,
+    };
+    if let Some(h) = hot.as_ref().filter(|h| !h.keys.is_empty()) {
+        let salts = sluice_sql::skew::salt_values(&h.keys, skew.skew_buckets, h.partitions)
+            .map_err(Error::from_datafusion)?;
+        plan_opts.salted =
+            Some(plan::SaltedKeys { keys: h.keys.iter().map(|(k, _)| k.clone()).collect(), salts });
+    }
+    Ok(Prepared { spec, spec_label, out, conn, types, plan_opts, skew, hot, tables })
 }
 
 /// `EXPLAIN` (or `EXPLAIN ANALYZE`, which runs it) of the query of the
@@ -593,7 +652,7 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
 /// # Errors
 /// As [`run`], for the spec, the data and the engine.
 pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
-    let Prepared { spec, conn, types, plan_opts, skew, .. } = prepare(opts).await?;
+    let Prepared { spec, conn, types, plan_opts, skew, hot, .. } = prepare(opts).await?;
     let all: Vec<NaiveDate> = opts.from.iter_days().take_while(|d| *d <= opts.to).collect();
     let chunk_days = opts.chunk_days_for(all.len());
     let Some(&(first, last)) = chunks(&all, chunk_days).first() else {
@@ -601,7 +660,7 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
     };
     let sql = plan::chunk_query(&spec, first, last, &types, &plan_opts);
     let mut text = format!("-- chunk {first}..{last}\n");
-    text.push_str(&hot_keys_report(&conn.ctx, &spec, first, last, &skew).await?);
+    text.push_str(&hot_keys_report(&spec, hot.as_ref(), &plan_opts, &skew));
     // The adaptive planner picks broadcast joins at run time; say what it
     // is expected to pick from the estimates now.
     let logical =
@@ -702,57 +761,45 @@ async fn executed_plan(
     Ok(text)
 }
 
-/// The `--explain` lines on skew: the chunk's hot entities (more than
+/// The `--explain` lines on skew: the range's hot entities (more than
 /// `sluice.skew.hot_key_share` of the rows its sources feed the tiles
 /// aggregation) and what the plan does about them.
-async fn hot_keys_report(
-    ctx: &SessionContext,
+fn hot_keys_report(
     spec: &JobSpec,
-    first: NaiveDate,
-    last: NaiveDate,
+    hot: Option<&HotEntities>,
+    plan_opts: &plan::PlanOptions,
     skew: &SluiceOptions,
-) -> Result<String> {
-    let share = skew.skew_hot_key_share;
-    let sql = plan::hot_keys_query(spec, first, last, share);
-    let batches = run_sql(ctx, &sql).await?;
-    let mut hot = Vec::new();
-    let mut total = 0i64;
-    for b in &batches {
-        let key = ArrayFormatter::try_new(b.column(0), &FormatOptions::default())
-            .map_err(|e| Error::from_datafusion(e.into()))?;
-        let (Some(n), Some(t)) = (
-            b.column(1).as_primitive_opt::<Int64Type>(),
-            b.column(2).as_primitive_opt::<Int64Type>(),
-        ) else {
-            return Err(Error::Sql {
-                message: "the hot-key query returned unexpected types".into(),
-            });
-        };
-        for i in 0..b.num_rows() {
-            total = t.value(i);
-            hot.push(format!(
-                "{}={} ({:.1}%)",
-                spec.entity.key,
-                key.value(i),
-                100.0 * n.value(i) as f64 / t.value(i).max(1) as f64
-            ));
-        }
-    }
+) -> String {
+    let Some(hot) = hot else {
+        return "-- skew handling off (sluice.skew.enabled=false): no hot-key detection, no salting; every source row of an entity crosses the shuffle to the one task that owns it (combine=0)\n".to_string();
+    };
+    let key = &spec.entity.key;
     let mut text = format!(
-        "-- hot keys (> {:.1}% of the chunk's source rows, sluice.skew.hot_key_share): ",
-        share * 100.0
+        "-- hot keys (> {:.1}% of the source rows the tiles aggregation reads, sluice.skew.hot_key_share; {}): ",
+        skew.skew_hot_key_share * 100.0,
+        hot.how
     );
-    if hot.is_empty() {
+    if hot.keys.is_empty() {
         text.push_str("none\n");
     } else {
-        text.push_str(&format!("{} of {total} rows\n", hot.join(", ")));
+        let shown: Vec<String> = hot
+            .keys
+            .iter()
+            .map(|(k, share)| format!("{key}={k} ({:.1}%)", share * 100.0))
+            .collect();
+        text.push_str(&format!("{}\n", shown.join(", ")));
     }
-    text.push_str(if skew.skew_enabled {
-        "-- skew handling on (sluice.skew.enabled): the partial tiles aggregation combines each entity's values per day before the shuffle, so a hot entity costs the final aggregation its active days, not its rows\n"
-    } else {
-        "-- skew handling off (sluice.skew.enabled=false): every source row of an entity crosses the shuffle to the one task that owns it (combine=0)\n"
-    });
-    Ok(text)
+    match &plan_opts.salted {
+        Some(salted) => text.push_str(&format!(
+            "-- salted tiles aggregation on {key}: {n} hot keys, each spread over {b} salt buckets on distinct shuffle partitions of {p} (salt: a hash of the row's day); grouped by ({key}, salt), then each entity's windows merged per feature day (sum, min, max)\n",
+            n = salted.keys.len(),
+            b = salted.salts.first().map_or(0, Vec::len),
+            p = hot.partitions,
+        )),
+        None => text.push_str(&format!("-- no salting: no hot {key}\n")),
+    }
+    text.push_str("-- skew handling on (sluice.skew.enabled): the partial tiles aggregation combines each entity's values per day before the shuffle, so an entity costs the final aggregation its active days, not its rows\n");
+    text
 }
 
 /// Runs a backfill.
@@ -884,6 +931,7 @@ async fn run_named(opts: &BackfillOptions) -> Result<BackfillReport> {
             let out = &out;
             let staging_root = &staging_root;
             let types = &types;
+            let plan_opts = &plan_opts;
             let bar = bar.clone();
             let rows_done = rows_done.clone();
             let failed = failed.clone();
@@ -908,7 +956,7 @@ async fn run_named(opts: &BackfillOptions) -> Result<BackfillReport> {
                         first,
                         last,
                         types,
-                        &plan_opts,
+                        plan_opts,
                         &format!("{}/", staging.display()),
                     );
                     let ran = async {

@@ -64,7 +64,7 @@ impl std::fmt::Display for Detection {
                 f,
                 "shares from a sample of {rows} rows (the first rows of {partitions} input partitions)"
             ),
-            Detection::Counted => write!(f, "shares from counting every row on the cluster"),
+            Detection::Counted => write!(f, "shares from counting every row (a job on the engine)"),
         }
     }
 }

@@ -50,6 +50,7 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{
@@ -115,11 +116,78 @@ pub fn parallel_writes(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Execution
         // partition folder, as a single writer would produce.
         let keys = partition_keys(template.as_ref(), &input.schema())?;
         let partitions = input.output_partitioning().partition_count().max(1);
-        let input =
-            Arc::new(RepartitionExec::try_new(input, Partitioning::Hash(keys, partitions))?);
+        let input: Arc<dyn ExecutionPlan> = match shared_shuffle(&input, &keys)? {
+            Some(shared) => shared,
+            None => {
+                Arc::new(RepartitionExec::try_new(input, Partitioning::Hash(keys, partitions))?)
+            }
+        };
         Ok(Transformed::yes(Arc::new(ParallelSinkExec::try_new(input, template)?)))
     })
     .map(|t| t.data)
+}
+
+/// Whether `plan`'s partitions are exactly hash partitions by `keys`.
+fn hash_partitioned_by(plan: &Arc<dyn ExecutionPlan>, keys: &[Arc<dyn PhysicalExpr>]) -> bool {
+    plan.output_partitioning().partition_count() > 1
+        && plan.output_partitioning().satisfaction(
+            &Distribution::KeyPartitioned(keys.to_vec()),
+            plan.equivalence_properties(),
+            false,
+        ) == datafusion::physical_expr::PartitioningSatisfaction::Exact
+}
+
+/// `input` arranged so that the write needs no shuffle of its own, if it
+/// can be: it is already hash-partitioned by the partition columns, or the
+/// shuffle of a final aggregation beneath, grouped by the partition column
+/// among others, can hash by that column alone (rows of one group share
+/// its value, so they still meet in one partition) and the partitioning
+/// reaches the write. The salted backfill's merge (`crate::job::plan`,
+/// grouped by entity, day and date) then shares its shuffle with the write
+/// (by date): salting adds no stage.
+fn shared_shuffle(
+    input: &Arc<dyn ExecutionPlan>,
+    keys: &[Arc<dyn PhysicalExpr>],
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    if hash_partitioned_by(input, keys) {
+        return Ok(Some(Arc::clone(input)));
+    }
+    // Shuffles under final aggregations, by more than one expression.
+    let mut candidates: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    input.apply(|node| {
+        if let Some(agg) = node.downcast_ref::<AggregateExec>()
+            && *agg.mode() == AggregateMode::FinalPartitioned
+            && let Some(shuffle) = agg.input().downcast_ref::<RepartitionExec>()
+            && let Partitioning::Hash(exprs, _) = shuffle.partitioning()
+            && exprs.len() > 1
+        {
+            candidates.push(Arc::clone(agg.input()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    for candidate in candidates {
+        let Some(shuffle) = candidate.downcast_ref::<RepartitionExec>() else { continue };
+        let Partitioning::Hash(exprs, n) = shuffle.partitioning().clone() else { continue };
+        for expr in exprs {
+            let narrower: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+                Arc::clone(shuffle.input()),
+                Partitioning::Hash(vec![expr], n),
+            )?);
+            let rewritten = Arc::clone(input)
+                .transform_down(|node| {
+                    Ok(if Arc::ptr_eq(&node, &candidate) {
+                        Transformed::new(Arc::clone(&narrower), true, TreeNodeRecursion::Jump)
+                    } else {
+                        Transformed::no(node)
+                    })
+                })?
+                .data;
+            if hash_partitioned_by(&rewritten, keys) {
+                return Ok(Some(rewritten));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The sink's partition columns (`PARTITIONED BY`) as expressions over
@@ -415,6 +483,53 @@ mod tests {
         let expected = ctx.sql("SELECT id, day FROM t ORDER BY id").await?.collect().await?;
         assert_eq!(
             pretty_format_batches(&back)?.to_string(),
+            pretty_format_batches(&expected)?.to_string()
+        );
+        Ok(())
+    }
+
+    /// A grouping by (id, day) written partitioned by day: its shuffle hashes
+    /// by day alone and serves the write too (no second one), and the rows
+    /// written are the query's.
+    #[tokio::test]
+    async fn a_grouping_by_the_partition_column_shares_its_shuffle_with_the_write() -> Result<()> {
+        let ctx = context().await?;
+        let dir = tempfile::tempdir().map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let query = "SELECT id, day, sum(v) AS v FROM \
+                     (SELECT id % 7 AS id, day, id AS v FROM t) GROUP BY id, day";
+        let sql = format!(
+            "COPY ({query}) TO '{}/' STORED AS PARQUET PARTITIONED BY (day)",
+            dir.path().display()
+        );
+        let plan = ctx.sql(&sql).await?.create_physical_plan().await?;
+        let shown = displayable(plan.as_ref()).indent(false).to_string();
+        assert_eq!(shown.matches("RepartitionExec: partitioning=Hash(").count(), 1, "{shown}");
+        assert!(shown.contains("RepartitionExec: partitioning=Hash([day@"), "{shown}");
+        assert!(
+            shown.contains("AggregateExec: mode=FinalPartitioned, gby=[id@0 as id, day@1 as day]"),
+            "{shown}"
+        );
+        collect(plan, ctx.task_ctx()).await?;
+        for day in 1..=3 {
+            let folder = dir.path().join(format!("day=2024-01-0{day}"));
+            let files = std::fs::read_dir(&folder)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+                .count();
+            assert_eq!(files, 1, "{}", folder.display());
+        }
+        let back = ctx
+            .read_parquet(
+                format!("{}/", dir.path().display()),
+                ParquetReadOptions::default()
+                    .table_partition_cols(vec![("day".into(), DataType::Utf8)]),
+            )
+            .await?;
+        ctx.register_table("back", back.into_view())?;
+        let order = " ORDER BY day, id";
+        let got = ctx.sql(&format!("SELECT id, day, v FROM back{order}")).await?.collect().await?;
+        let expected = ctx.sql(&format!("{query}{order}")).await?.collect().await?;
+        assert_eq!(
+            pretty_format_batches(&got)?.to_string(),
             pretty_format_batches(&expected)?.to_string()
         );
         Ok(())

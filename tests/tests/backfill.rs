@@ -489,9 +489,9 @@ fn churn_generator_is_deterministic_and_skewable() {
 }
 
 /// Zipf-skewed data (the hottest user holds over 20% of events): the backfill
-/// gives the same rows with skew handling on (values combined per entity and
-/// day before the shuffle) and off, equal to the naive reference, and
-/// `--explain` names the hot users.
+/// gives the same rows with skew handling on (hot users salted by day,
+/// values combined per entity and day before the shuffle) and off, equal to
+/// the naive reference, and `--explain` names the hot users and the salting.
 #[test]
 fn skewed_backfill_is_equal_with_skew_handling_on_and_off() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -514,6 +514,10 @@ fn skewed_backfill_is_equal_with_skew_handling_on_and_off() {
     let text = rt.block_on(sluice_client::backfill::explain(&local_opts, false)).expect("explain");
     assert!(text.contains("hot keys") && text.contains("user_id=1 ("), "{text}");
     assert!(text.contains("skew handling on") && !text.contains(";combine=0"), "{text}");
+    // ... salts them: grouped by (entity, salt), windows merged per day.
+    assert!(text.contains("-- salted tiles aggregation on user_id: "), "{text}");
+    assert!(text.contains("GROUP BY __k, __s") && text.contains("sluice_hot_salts("), "{text}");
+    assert!(text.contains("merged AS (SELECT __k, __d, __dt, "), "{text}");
     // ... and that the users dimension join is expected to be broadcast.
     assert!(
         text.lines().any(|l| l.starts_with("-- Right join on") && l.contains("broadcast users (")),
@@ -523,6 +527,7 @@ fn skewed_backfill_is_equal_with_skew_handling_on_and_off() {
     let text =
         rt.block_on(sluice_client::backfill::explain(&local_opts, false)).expect("explain off");
     assert!(text.contains("skew handling off") && text.contains(";combine=0'"), "{text}");
+    assert!(!text.contains("sluice_hot_salt"), "salted with skew handling off: {text}");
 
     let cluster = TestCluster::start(2, 2).expect("cluster");
     let target = Target::Scheduler(cluster.scheduler_addr().parse().expect("addr"));
@@ -535,6 +540,12 @@ fn skewed_backfill_is_equal_with_skew_handling_on_and_off() {
         .block_on(sluice_client::backfill::explain(&explain_opts, true))
         .unwrap_or_else(|e| panic!("explain --analyze: {e}\n{}", cluster.logs()));
     assert!(text.contains("hot keys") && text.contains("user_id=1 ("), "{text}");
+    // The executed plan groups the tiles by (entity, salt).
+    assert!(
+        text.lines().any(|l| l
+            .contains("AggregateExec: mode=FinalPartitioned, gby=[__k@0 as __k, __s@1 as __s]")),
+        "{text}"
+    );
     let broadcast = text
         .lines()
         .find(|l| l.starts_with("-- broadcast join (Right)"))

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use chrono::NaiveDate;
+use datafusion::common::ScalarValue;
 
 use crate::job::spec::{Feature, Function, JobSpec};
 use crate::udf::tiles::{self, ColumnOp, Op};
@@ -144,18 +145,74 @@ pub fn partial_query(spec: &JobSpec, src_name: &str, f: i64, t: i64) -> String {
 }
 
 /// How a chunk query is planned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlanOptions {
     /// Skew handling for windowed features (`sluice.skew.enabled`): the
     /// partial aggregation combines an entity's values per day before the
     /// shuffle, so a hot entity costs the final aggregation its active days,
     /// not its rows. Off only to measure what it buys.
     pub combine_per_day: bool,
+    /// Hot entities salted in the tiles aggregation, if any.
+    pub salted: Option<SaltedKeys>,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        Self { combine_per_day: true }
+        Self { combine_per_day: true, salted: None }
+    }
+}
+
+/// Hot entities and their salt values (`crate::skew::salt_values`): the
+/// tiles aggregation groups by (entity, salt), each hot entity's rows spread
+/// over its salts by a hash of their day, and the per-salt windows are
+/// merged per (entity, feature day) (sum, min, max: every tile operation is
+/// decomposable over disjoint sets of rows).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SaltedKeys {
+    /// The hot entity keys.
+    pub keys: Vec<ScalarValue>,
+    /// Each key's salt values (the same count for every key).
+    pub salts: Vec<Vec<i64>>,
+}
+
+impl SaltedKeys {
+    /// The two list literals of `sluice_hot_salt(s)`: keys and flat salts;
+    /// `None` when a key has no SQL literal here (then nothing is salted).
+    fn literals(&self) -> Option<(String, String)> {
+        let per_key = self.salts.first().map_or(0, Vec::len);
+        if self.keys.is_empty()
+            || per_key == 0
+            || self.salts.len() != self.keys.len()
+            || self.salts.iter().any(|s| s.len() != per_key)
+        {
+            return None;
+        }
+        let keys: Option<Vec<String>> = self.keys.iter().map(sql_literal).collect();
+        let salts: Vec<String> = self.salts.iter().flatten().map(|v| format!("{v}")).collect();
+        Some((
+            format!("make_array({})", keys?.join(", ")),
+            format!("make_array({})", salts.join(", ")),
+        ))
+    }
+}
+
+/// A key value as SQL text: integers and strings (the entity key types the
+/// tiles are grouped by in practice).
+fn sql_literal(v: &ScalarValue) -> Option<String> {
+    use ScalarValue::*;
+    match v {
+        Int8(Some(x)) => Some(format!("arrow_cast({x}, 'Int8')")),
+        Int16(Some(x)) => Some(format!("arrow_cast({x}, 'Int16')")),
+        Int32(Some(x)) => Some(format!("arrow_cast({x}, 'Int32')")),
+        Int64(Some(x)) => Some(format!("CAST({x} AS BIGINT)")),
+        UInt8(Some(x)) => Some(format!("arrow_cast({x}, 'UInt8')")),
+        UInt16(Some(x)) => Some(format!("arrow_cast({x}, 'UInt16')")),
+        UInt32(Some(x)) => Some(format!("arrow_cast({x}, 'UInt32')")),
+        UInt64(Some(x)) => Some(format!("arrow_cast({x}, 'UInt64')")),
+        Utf8(Some(x)) | LargeUtf8(Some(x)) | Utf8View(Some(x)) => {
+            Some(format!("'{}'", x.replace('\'', "''")))
+        }
+        _ => None,
     }
 }
 
@@ -168,25 +225,6 @@ pub fn chunk_query(
     opts: &PlanOptions,
 ) -> String {
     features_query(spec, first, last, types, opts, "feature_date")
-}
-
-/// The heaviest entities of chunk `first..=last` (at most 10): those holding
-/// more than `share` of the rows its sources feed the tiles aggregation, with
-/// their row count and the total (`__k, n, total`, heaviest first).
-pub fn hot_keys_query(spec: &JobSpec, first: NaiveDate, last: NaiveDate, share: f64) -> String {
-    let (f, t) = (day_number(first), day_number(last));
-    let keys: Vec<String> = spec
-        .event_sources()
-        .into_iter()
-        .map(|src| format!("SELECT __k FROM ({})", partial_query(spec, src, f, t)))
-        .collect();
-    format!(
-        "WITH k AS ({}), n AS (SELECT __k, count(*) AS n FROM k GROUP BY __k), \
-         s AS (SELECT __k, n, sum(n) OVER () AS total FROM n) \
-         SELECT __k, n, total FROM s WHERE CAST(n AS DOUBLE) > {share} * CAST(total AS DOUBLE) \
-         ORDER BY n DESC LIMIT 10",
-        keys.join(" UNION ALL ")
-    )
 }
 
 /// [`chunk_query`] whose output column `feature_date` is `feature_date`
@@ -202,6 +240,8 @@ fn features_query(
     let f = day_number(first);
     let t = day_number(last);
     let key = &spec.entity.key;
+    // Salted hot entities: the salt column `__s` (0 for every other entity).
+    let salted = opts.salted.as_ref().and_then(SaltedKeys::literals);
 
     // Value slots c0..cn of `rows`, each with its operation in the tiles:
     // (partial column, op). Features with `available_at` become ±deltas
@@ -257,13 +297,35 @@ fn features_query(
         }
         None => (f.to_string(), String::new()),
     };
+    // An anchor of a salted entity is repeated for each of its salts: every
+    // (entity, salt) group then covers the entity's feature days.
+    let anchor_salt = match &salted {
+        Some((keys, salts)) => format!(
+            "unnest({}({keys}, {salts}, e.{})) AS __s, ",
+            crate::udf::hot_salt::HOT_SALTS,
+            quote(key)
+        ),
+        None => String::new(),
+    };
     let mut branches = vec![format!(
-        "SELECT e.{k} AS __k, CAST(NULL AS BIGINT) AS __day, CAST({start} AS BIGINT) AS __start, {vals} \
+        "SELECT e.{k} AS __k, {anchor_salt}CAST(NULL AS BIGINT) AS __day, CAST({start} AS BIGINT) AS __start, {vals} \
          FROM {src} AS e{active}",
         k = quote(key),
         vals = values(&BTreeMap::new()),
         src = quote(&spec.entity.source),
     )];
+    // A value row of a salted entity gets one of its salts by a hash of its
+    // day (a function of the row: a recomputed task salts it the same way);
+    // the per-day combine then still applies within each salt.
+    let with_salt = |branch: String| -> String {
+        match &salted {
+            Some((keys, salts)) => format!(
+                "SELECT __k, {}({keys}, {salts}, __k, __day) AS __s, * EXCEPT (__k) FROM ({branch})",
+                crate::udf::hot_salt::HOT_SALT
+            ),
+            None => branch,
+        }
+    };
 
     for src_name in spec.event_sources() {
         let avail = availability_columns(spec, src_name);
@@ -303,10 +365,10 @@ fn features_query(
                     }
                 }
             }
-            branches.push(format!(
+            branches.push(with_salt(format!(
                 "SELECT __k, __e AS __day, CAST(NULL AS BIGINT) AS __start, {} FROM p_{src_name}",
                 values(&own)
-            ));
+            )));
             continue;
         }
         let mut pairs: Vec<String> = Vec::new();
@@ -357,14 +419,14 @@ fn features_query(
                 }
             }
         }
-        branches.push(format!(
+        branches.push(with_salt(format!(
             "SELECT __k, CAST(CASE {} END AS BIGINT) AS __day, CAST(NULL AS BIGINT) AS __start, {} \
              FROM p_{src_name} CROSS JOIN (VALUES {}) AS x(__grp, __sign) WHERE {}",
             day_cases.join(" "),
             values(&own),
             pairs.join(", "),
             conds.join(" OR ")
-        ));
+        )));
     }
     ctes.push(format!("rows AS ({})", branches.join(" UNION ALL ")));
 
@@ -375,21 +437,57 @@ fn features_query(
         combine: opts.combine_per_day,
     };
     let args: Vec<String> = (0..slots.len()).map(|j| format!("c{j}")).collect();
+    let group = if salted.is_some() { "__k, __s" } else { "__k" };
     ctes.push(format!(
-        "tiles AS (SELECT __k, {}('{}', __day, __start{}{}) AS __t FROM rows GROUP BY __k)",
+        "tiles AS (SELECT __k, {}('{}', __day, __start{}{}) AS __t FROM rows GROUP BY {group})",
         tiles::NAME,
         config.render(),
         if args.is_empty() { "" } else { ", " },
         args.join(", ")
     ));
     ctes.push("flat AS (SELECT __k, unnest(__t) AS __r FROM tiles)".to_string());
+    let mut windows = "flat";
+    if salted.is_some() {
+        // Each (entity, salt) group's windows cover disjoint rows of the
+        // entity: sum, min and max of them are the entity's windows.
+        let (day, date) = (tiles::DAY_FIELD, tiles::DATE_FIELD);
+        let mut fields = vec![format!("__r['{day}'] AS __d"), format!("__r['{date}'] AS __dt")];
+        let mut merged = vec!["__d".to_string(), "__dt".to_string()];
+        for (j, (_, op)) in slots.iter().enumerate() {
+            fields.push(format!("__r['c{j}'] AS c{j}"));
+            let f = match op.op {
+                Op::Sum => "sum",
+                Op::Min => "min",
+                Op::Max => "max",
+            };
+            merged.push(format!("{f}(c{j}) AS c{j}"));
+        }
+        // The merge's shuffle hashes by the date alone on a partitioned
+        // write, and the write takes its rows as they are (`crate::write`):
+        // salting adds no stage.
+        ctes.push(format!("salted AS (SELECT __k, {} FROM flat)", fields.join(", ")));
+        ctes.push(format!(
+            "merged AS (SELECT __k, {} FROM salted GROUP BY __k, __d, __dt)",
+            merged.join(", ")
+        ));
+        windows = "merged";
+    }
 
     // Base rows: feature values and dimension columns.
-    let slot = |col: String| format!("w.__r['c{}']", slot_of.get(&col).copied().unwrap_or(0));
+    // A window's value: a field of the tiles' struct, or a merged column.
+    let field = |name: &str| match &salted {
+        Some(_) => format!("w.{name}"),
+        None => format!("w.__r['{name}']"),
+    };
+    let slot = |col: String| field(&format!("c{}", slot_of.get(&col).copied().unwrap_or(0)));
+    let (day_field, date_field) = match &salted {
+        Some(_) => ("__d", "__dt"),
+        None => (tiles::DAY_FIELD, tiles::DATE_FIELD),
+    };
     let mut base = vec![
         format!("w.__k AS {}", quote(key)),
-        format!("arrow_cast(CAST(w.__r['{}'] AS INT), 'Date32') AS feature_date", tiles::DAY_FIELD),
-        format!("w.__r['{}'] AS __feature_date_text", tiles::DATE_FIELD),
+        format!("arrow_cast(CAST({} AS INT), 'Date32') AS feature_date", field(day_field)),
+        format!("{} AS __feature_date_text", field(date_field)),
     ];
     for (i, x) in spec.features.iter().enumerate() {
         let (s_, c_, m_) = (slot(format!("s{i}")), slot(format!("c{i}")), slot(format!("m{i}")));
@@ -420,7 +518,7 @@ fn features_query(
     // (CollectLeft) when under `ballista.optimizer.broadcast_join_threshold_*`,
     // instead of shuffling both sides (a stage and a shuffle of every output
     // row more; measured on 2000 and 20000 users, see benchmarks/README.md).
-    let mut from = "flat AS w".to_string();
+    let mut from = format!("{windows} AS w");
     for (j, d) in spec.dimensions.iter().enumerate() {
         let dkey = d.key.clone().unwrap_or_else(|| key.clone());
         from = format!(

@@ -446,7 +446,7 @@ fn features_query(
         args.join(", ")
     ));
     ctes.push("flat AS (SELECT __k, unnest(__t) AS __r FROM tiles)".to_string());
-    let mut merge = Vec::new();
+    let mut windows = "flat";
     if salted.is_some() {
         // Each (entity, salt) group's windows cover disjoint rows of the
         // entity: sum, min and max of them are the entity's windows.
@@ -462,8 +462,19 @@ fn features_query(
             };
             merged.push(format!("{f}(c{j}) AS c{j}"));
         }
+        // The merge costs one more shuffle (by entity and day) and is only
+        // planned when there are hot entities. Joining the dimensions before
+        // it, so that its shuffle could hash by date alone and serve the
+        // write (`crate::write::shared_shuffle`), was measured slower: the
+        // adaptive planner re-forms every exchange with its own rules (the
+        // shuffle stays), and the join and the merge then carried every row
+        // of the dimension columns (92-date backfill 6.6 s against 4.6 s).
         ctes.push(format!("salted AS (SELECT __k, {} FROM flat)", fields.join(", ")));
-        merge = merged;
+        ctes.push(format!(
+            "merged AS (SELECT __k, {} FROM salted GROUP BY __k, __d, __dt)",
+            merged.join(", ")
+        ));
+        windows = "merged";
     }
 
     // Base rows: feature values and dimension columns.
@@ -511,8 +522,7 @@ fn features_query(
     // (CollectLeft) when under `ballista.optimizer.broadcast_join_threshold_*`,
     // instead of shuffling both sides (a stage and a shuffle of every output
     // row more; measured on 2000 and 20000 users, see benchmarks/README.md).
-    let mut from = format!("{} AS w", if salted.is_some() { "salted" } else { "flat" });
-    let mut dims = Vec::new();
+    let mut from = format!("{windows} AS w");
     for (j, d) in spec.dimensions.iter().enumerate() {
         let dkey = d.key.clone().unwrap_or_else(|| key.clone());
         from = format!(
@@ -520,29 +530,11 @@ fn features_query(
             quote(&d.source),
             quote(&dkey)
         );
-        for (n, c) in d.columns.iter().enumerate() {
-            dims.push((format!("dim{j}.{}", quote(c)), format!("__dim{j}_{n}"), quote(c)));
+        for c in &d.columns {
+            base.push(format!("dim{j}.{} AS {}", quote(c), quote(c)));
         }
     }
-    if salted.is_some() {
-        // Salted: the dimensions are joined before the merge and carried
-        // through it, so the merge's grouping is the last step before the
-        // write: its shuffle then hashes by the date alone and serves the
-        // partitioned write too (`crate::write`), and salting adds no stage.
-        let mut joined = vec!["w.*".to_string()];
-        joined.extend(dims.iter().map(|(expr, carried, _)| format!("{expr} AS {carried}")));
-        ctes.push(format!("joined AS (SELECT {} FROM {from})", joined.join(", ")));
-        merge.extend(dims.iter().map(|(_, c, _)| format!("first_value({c}) AS {c}")));
-        ctes.push(format!(
-            "merged AS (SELECT __k, {} FROM joined GROUP BY __k, __d, __dt)",
-            merge.join(", ")
-        ));
-        base.extend(dims.iter().map(|(_, carried, name)| format!("w.{carried} AS {name}")));
-        ctes.push(format!("base AS (SELECT {} FROM merged AS w)", base.join(", ")));
-    } else {
-        base.extend(dims.iter().map(|(expr, _, name)| format!("{expr} AS {name}")));
-        ctes.push(format!("base AS (SELECT {} FROM {from})", base.join(", ")));
-    }
+    ctes.push(format!("base AS (SELECT {} FROM {from})", base.join(", ")));
 
     let mut out = vec![quote(key), feature_date.to_string()];
     out.extend(spec.features.iter().filter(|x| x.output).map(|x| quote(&x.name)));

@@ -142,9 +142,11 @@ fn hash_partitioned_by(plan: &Arc<dyn ExecutionPlan>, keys: &[Arc<dyn PhysicalEx
 /// shuffle of a final aggregation beneath, grouped by the partition column
 /// among others, can hash by that column alone (rows of one group share
 /// its value, so they still meet in one partition) and the partitioning
-/// reaches the write. The salted backfill's merge (`crate::job::plan`,
-/// grouped by entity, day and date) then shares its shuffle with the write
-/// (by date): salting adds no stage.
+/// reaches the write: a grouping by the partition column and others just
+/// before the write (`… GROUP BY id, day` written `PARTITIONED BY (day)`)
+/// then needs one shuffle, not two. Ballista's adaptive planner re-forms
+/// every exchange with its own rules, so on a cluster this holds for static
+/// plans (`ballista.planner.adaptive.enabled=false`) and local runs.
 fn shared_shuffle(
     input: &Arc<dyn ExecutionPlan>,
     keys: &[Arc<dyn PhysicalExpr>],

@@ -442,3 +442,36 @@ pub fn readyz(addr: &str) -> Option<(u16, String)> {
     let rt = sluice_proto::runtime().ok()?;
     rt.block_on(sluice_client::http::get(addr, "/readyz", Duration::from_secs(2))).ok()
 }
+
+/// One job as the scheduler's REST API (`/api/jobs`) lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: String,
+    pub name: String,
+    /// The status word (`Running`, `Completed`, `Failed`, …).
+    pub status: String,
+    pub completed_stages: usize,
+    pub start_time: u64,
+}
+
+/// Every job the scheduler at `addr` knows, oldest first; empty when its
+/// REST API does not answer.
+pub async fn scheduler_jobs(addr: &str) -> Vec<JobRow> {
+    let Ok((200, body)) = sluice_client::http::get(addr, "/api/jobs", Duration::from_secs(2)).await
+    else {
+        return Vec::new();
+    };
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    let mut jobs: Vec<JobRow> = list
+        .iter()
+        .map(|j| JobRow {
+            id: j["job_id"].as_str().unwrap_or_default().to_string(),
+            name: j["job_name"].as_str().unwrap_or_default().to_string(),
+            status: j["status"].as_str().unwrap_or_default().to_string(),
+            completed_stages: j["completed_stages"].as_u64().unwrap_or_default() as usize,
+            start_time: j["start_time"].as_u64().unwrap_or_default(),
+        })
+        .collect();
+    jobs.sort_by_key(|j| j.start_time);
+    jobs
+}

@@ -488,6 +488,100 @@ fn churn_generator_is_deterministic_and_skewable() {
     });
 }
 
+/// A salted backfill (hot users spread over salts by a hash of the day)
+/// with an executor SIGKILLed once its chunk's job has finished a stage:
+/// the lost map output is recomputed (static planner) from the same rows,
+/// the salt puts every row in the same bucket again, and the features equal
+/// the naive per-date SQL.
+#[test]
+fn executor_killed_mid_salted_backfill_gives_identical_results() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let cfg = ChurnConfig {
+        users: 2000,
+        start: date("2024-01-01"),
+        days: 90,
+        seed: 13,
+        zipf: 1.2,
+        ..ChurnConfig::default()
+    };
+    sluice_client::datagen::churn::generate(&cfg, &data).expect("generate");
+    let mut cluster = TestCluster::start_full(
+        2,
+        1,
+        &["--executor-timeout-seconds", "5"],
+        &["--heartbeat-interval-seconds", "1"],
+    )
+    .expect("cluster");
+    let scheduler = cluster.scheduler_addr().to_string();
+    let target = Target::Scheduler(scheduler.parse().expect("addr"));
+    let out = tmp.path().join("out");
+    let mut opts = options(&data, &out, target, "2024-02-01", "2024-03-30");
+    opts.chunk_days = 60;
+    opts.parallel = 1;
+    opts.settings = vec![
+        ("datafusion.execution.target_partitions".into(), "8".into()),
+        ("ballista.scheduler.max_partitions_per_task".into(), "1".into()),
+        ("ballista.planner.adaptive.enabled".into(), "false".into()),
+    ];
+    let rt = runtime();
+    let text = rt.block_on(sluice_client::backfill::explain(&opts, false)).expect("explain");
+    assert!(text.contains("-- salted tiles aggregation on user_id: "), "not salted:\n{text}");
+
+    let (report, killed) = rt.block_on(async {
+        let before: Vec<String> =
+            sluice_tests::scheduler_jobs(&scheduler).await.into_iter().map(|j| j.id).collect();
+        let run_opts = opts.clone();
+        let run = tokio::spawn(async move { sluice_client::backfill::run(&run_opts).await });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut killed = None;
+        while Instant::now() < deadline && !run.is_finished() {
+            let jobs = sluice_tests::scheduler_jobs(&scheduler).await;
+            if let Some(job) = jobs
+                .iter()
+                .rev()
+                .find(|j| !before.contains(&j.id) && j.name.starts_with("sluice backfill"))
+                && job.status == "Running"
+                && job.completed_stages >= 1
+            {
+                killed = Some((job.id.clone(), job.completed_stages));
+                cluster.executors[1].kill();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let report = tokio::time::timeout(Duration::from_secs(180), run)
+            .await
+            .unwrap_or_else(|_| panic!("the backfill stalled after the kill\n{}", cluster.logs()))
+            .expect("join")
+            .unwrap_or_else(|e| panic!("backfill failed after the kill: {e}\n{}", cluster.logs()));
+        (report, killed)
+    });
+    let (job, done) = killed.expect("no running chunk job was seen: nothing was killed mid-job");
+    assert!(report.ok && report.dates_committed == 59, "{report:?}");
+    assert!(
+        cluster.executors[1].log_text().contains("Execute task"),
+        "executor-1 ran no task before it was killed:\n{}",
+        cluster.logs()
+    );
+    rt.block_on(async {
+        let ctx = SessionContext::new_with_config(sluice_sql::session::local_session_config());
+        register_output(&ctx, "out", &out).await;
+        let local = local_ctx(&data).await;
+        for day in ["2024-02-01", "2024-03-01", "2024-03-30"] {
+            let naive = sluice_sql::job::churn_reference_sql(date(day));
+            let expected =
+                run_sql(&local, &format!("SELECT {COLS} FROM ({naive}) ORDER BY user_id"))
+                    .await
+                    .expect("naive");
+            let actual = output_rows(&ctx, "out", date(day)).await;
+            sluice_client::verify::compare(&expected, &actual, true).unwrap_or_else(|e| {
+                panic!("{day}: differs from the naive reference after killing an executor in job {job} ({done} stage(s) done): {e}")
+            });
+        }
+    });
+}
+
 /// Zipf-skewed data (the hottest user holds over 20% of events): the backfill
 /// gives the same rows with skew handling on (hot users salted by day,
 /// values combined per entity and day before the shuffle) and off, equal to

@@ -248,27 +248,6 @@ fn randomized_salted_joins_equal_local() {
     assert!(salted_rounds > 0, "seed {seed}: no round salted a join");
 }
 
-/// Id, status word, completed stages and start time of every job the
-/// scheduler knows.
-async fn jobs(scheduler: &str) -> Vec<(String, String, usize, u64)> {
-    let Ok((200, body)) =
-        sluice_client::http::get(scheduler, "/api/jobs", std::time::Duration::from_secs(2)).await
-    else {
-        return Vec::new();
-    };
-    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
-    list.iter()
-        .map(|j| {
-            (
-                j["job_id"].as_str().unwrap_or_default().to_string(),
-                j["status"].as_str().unwrap_or_default().to_string(),
-                j["completed_stages"].as_u64().unwrap_or_default() as usize,
-                j["start_time"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
 /// An executor SIGKILLed after the salted join's map stage ran: its shuffle
 /// files are gone, so the scheduler recomputes them on the other executor.
 /// The salt is a function of the row, so recomputed map tasks partition
@@ -326,7 +305,8 @@ fn executor_killed_mid_salted_job(adaptive: bool) {
         let explain = run_sql_salted(&on.ctx, &format!("EXPLAIN {sql}")).await.expect("explain");
         let text = sluice_client::verify::normalize(&explain).expect("text").join("\n");
         assert!(text.contains("sluice_skew"), "the join is not salted:\n{text}");
-        let before: Vec<String> = jobs(&scheduler).await.into_iter().map(|j| j.0).collect();
+        let before: Vec<String> =
+            sluice_tests::scheduler_jobs(&scheduler).await.into_iter().map(|j| j.id).collect();
         let ctx = on.ctx.clone();
         let query = tokio::spawn(async move { run_sql_salted(&ctx, sql).await });
         // Kill executor 1 once the query's job has finished a stage and is
@@ -336,14 +316,16 @@ fn executor_killed_mid_salted_job(adaptive: bool) {
         while std::time::Instant::now() < deadline && !query.is_finished() {
             // Hot keys are sampled in the client (no job at this size), so
             // the join's job is the latest one: kill inside it.
-            let mut new: Vec<_> =
-                jobs(&scheduler).await.into_iter().filter(|j| !before.contains(&j.0)).collect();
-            new.sort_by_key(|j| j.3);
-            if let Some((id, status, done, _)) = new.last()
-                && status == "Running"
-                && *done >= 2
+            let new: Vec<_> = sluice_tests::scheduler_jobs(&scheduler)
+                .await
+                .into_iter()
+                .filter(|j| !before.contains(&j.id))
+                .collect();
+            if let Some(job) = new.last()
+                && job.status == "Running"
+                && job.completed_stages >= 2
             {
-                killed_during = Some((id.clone(), *done));
+                killed_during = Some((job.id.clone(), job.completed_stages));
                 cluster.executors[1].kill();
                 break;
             }

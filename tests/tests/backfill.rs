@@ -611,7 +611,7 @@ fn skewed_backfill_is_equal_with_skew_handling_on_and_off() {
     // ... salts them: grouped by (entity, salt), windows merged per day.
     assert!(text.contains("-- salted tiles aggregation on user_id: "), "{text}");
     assert!(text.contains("GROUP BY __k, __s") && text.contains("sluice_hot_salts("), "{text}");
-    assert!(text.contains("merged AS (SELECT __k, __d, __dt, "), "{text}");
+    assert!(text.contains("sluice_merge_salted(") && text.contains("GROUP BY __dt"), "{text}");
     // ... and that the users dimension join is expected to be broadcast.
     assert!(
         text.lines().any(|l| l.starts_with("-- Right join on") && l.contains("broadcast users (")),

@@ -446,52 +446,88 @@ fn features_query(
         args.join(", ")
     ));
     ctes.push("flat AS (SELECT __k, unnest(__t) AS __r FROM tiles)".to_string());
-    let mut windows = "flat";
-    if salted.is_some() {
+    // Dimension columns: (expression over the join, name carried through
+    // the salted merge, output name).
+    let mut dims: Vec<(String, String, String)> = Vec::new();
+    // Dimensions are written `dim RIGHT JOIN (...)`, the small side first:
+    // Ballista's adaptive planner only swaps join inputs when both sides
+    // have statistics, and the unnested features have none. With the
+    // dimension as the build side of a RIGHT join it is broadcast
+    // (CollectLeft) when under `ballista.optimizer.broadcast_join_threshold_*`,
+    // instead of shuffling both sides (a stage and a shuffle of every output
+    // row more; measured on 2000 and 20000 users, see benchmarks/README.md).
+    let join_dims = |inner: &str| -> String {
+        let mut from = format!("{inner} AS w");
+        for (j, d) in spec.dimensions.iter().enumerate() {
+            let dkey = d.key.clone().unwrap_or_else(|| key.clone());
+            from = format!(
+                "{} AS dim{j} RIGHT JOIN ({from}) ON dim{j}.{} = w.__k",
+                quote(&d.source),
+                quote(&dkey)
+            );
+        }
+        from
+    };
+    for (j, d) in spec.dimensions.iter().enumerate() {
+        for (n, c) in d.columns.iter().enumerate() {
+            dims.push((format!("dim{j}.{}", quote(c)), format!("__dim{j}_{n}"), quote(c)));
+        }
+    }
+    if let Some((keys, _)) = &salted {
         // Each (entity, salt) group's windows cover disjoint rows of the
-        // entity: sum, min and max of them are the entity's windows.
+        // entity: sum, min and max of them are the entity's windows. The
+        // merge rides on the grouping by feature date that the partitioned
+        // write needs anyway (one shuffle, by date; `crate::write` adds none
+        // after it): the rows of a date are collected into one list, and
+        // `sluice_merge_salted` merges the hot entities' rows of each day in
+        // it, passing the others through. (A `GROUP BY entity, day` merge
+        // cost a shuffle and a hash aggregation of every output row: +24%
+        // wall on the 92-date skewed benchmark.)
         let (day, date) = (tiles::DAY_FIELD, tiles::DATE_FIELD);
         let mut fields = vec![format!("__r['{day}'] AS __d"), format!("__r['{date}'] AS __dt")];
-        let mut merged = vec!["__d".to_string(), "__dt".to_string()];
+        let mut packed = vec!["'__k', __k".to_string(), "'__d', __d".to_string()];
+        let mut ops = Vec::new();
         for (j, (_, op)) in slots.iter().enumerate() {
             fields.push(format!("__r['c{j}'] AS c{j}"));
-            let f = match op.op {
+            packed.push(format!("'c{j}', c{j}"));
+            ops.push(match op.op {
                 Op::Sum => "sum",
                 Op::Min => "min",
                 Op::Max => "max",
-            };
-            merged.push(format!("{f}(c{j}) AS c{j}"));
+            });
         }
-        // The merge costs one more shuffle (by entity and day) and is only
-        // planned when there are hot entities. Joining the dimensions before
-        // it, so that its shuffle could hash by date alone and serve the
-        // write (`crate::write::shared_shuffle`), was measured slower: the
-        // adaptive planner re-forms every exchange with its own rules (the
-        // shuffle stays), and the join and the merge then carried every row
-        // of the dimension columns (92-date backfill 6.6 s against 4.6 s).
         ctes.push(format!("salted AS (SELECT __k, {} FROM flat)", fields.join(", ")));
+        let mut joined = vec!["w.*".to_string()];
+        for (expr, carried, _) in &dims {
+            joined.push(format!("{expr} AS {carried}"));
+            packed.push(format!("'{carried}', {carried}"));
+        }
+        ctes.push(format!("joined AS (SELECT {} FROM {})", joined.join(", "), join_dims("salted")));
         ctes.push(format!(
-            "merged AS (SELECT __k, {} FROM salted GROUP BY __k, __d, __dt)",
-            merged.join(", ")
+            "bydate AS (SELECT __dt, {}('{}', {keys}, array_agg(named_struct({}))) AS __m \
+             FROM joined GROUP BY __dt)",
+            crate::udf::merge_salted::NAME,
+            ops.join(","),
+            packed.join(", ")
         ));
-        windows = "merged";
+        ctes.push("merged AS (SELECT __dt, unnest(__m) AS __x FROM bydate)".to_string());
     }
 
     // Base rows: feature values and dimension columns.
-    // A window's value: a field of the tiles' struct, or a merged column.
+    // A window's value: a field of the tiles' struct, or of a merged row.
     let field = |name: &str| match &salted {
-        Some(_) => format!("w.{name}"),
+        Some(_) => format!("w.__x['{name}']"),
         None => format!("w.__r['{name}']"),
     };
     let slot = |col: String| field(&format!("c{}", slot_of.get(&col).copied().unwrap_or(0)));
-    let (day_field, date_field) = match &salted {
-        Some(_) => ("__d", "__dt"),
-        None => (tiles::DAY_FIELD, tiles::DATE_FIELD),
+    let (key_expr, day_expr, date_expr) = match &salted {
+        Some(_) => (field("__k"), field("__d"), "w.__dt".to_string()),
+        None => ("w.__k".to_string(), field(tiles::DAY_FIELD), field(tiles::DATE_FIELD)),
     };
     let mut base = vec![
-        format!("w.__k AS {}", quote(key)),
-        format!("arrow_cast(CAST({} AS INT), 'Date32') AS feature_date", field(day_field)),
-        format!("{} AS __feature_date_text", field(date_field)),
+        format!("{key_expr} AS {}", quote(key)),
+        format!("arrow_cast(CAST({day_expr} AS INT), 'Date32') AS feature_date"),
+        format!("{date_expr} AS __feature_date_text"),
     ];
     for (i, x) in spec.features.iter().enumerate() {
         let (s_, c_, m_) = (slot(format!("s{i}")), slot(format!("c{i}")), slot(format!("m{i}")));
@@ -515,26 +551,20 @@ fn features_query(
         };
         base.push(format!("{value} AS {}", quote(&x.name)));
     }
-    // Dimensions are written `dim RIGHT JOIN (...)`, the small side first:
-    // Ballista's adaptive planner only swaps join inputs when both sides
-    // have statistics, and the unnested features have none. With the
-    // dimension as the build side of a RIGHT join it is broadcast
-    // (CollectLeft) when under `ballista.optimizer.broadcast_join_threshold_*`,
-    // instead of shuffling both sides (a stage and a shuffle of every output
-    // row more; measured on 2000 and 20000 users, see benchmarks/README.md).
-    let mut from = format!("{windows} AS w");
-    for (j, d) in spec.dimensions.iter().enumerate() {
-        let dkey = d.key.clone().unwrap_or_else(|| key.clone());
-        from = format!(
-            "{} AS dim{j} RIGHT JOIN ({from}) ON dim{j}.{} = w.__k",
-            quote(&d.source),
-            quote(&dkey)
-        );
-        for c in &d.columns {
-            base.push(format!("dim{j}.{} AS {}", quote(c), quote(c)));
+    match &salted {
+        Some(_) => {
+            for (_, carried, name) in &dims {
+                base.push(format!("{} AS {name}", field(carried)));
+            }
+            ctes.push(format!("base AS (SELECT {} FROM merged AS w)", base.join(", ")));
+        }
+        None => {
+            for (expr, _, name) in &dims {
+                base.push(format!("{expr} AS {name}"));
+            }
+            ctes.push(format!("base AS (SELECT {} FROM {})", base.join(", "), join_dims("flat")));
         }
     }
-    ctes.push(format!("base AS (SELECT {} FROM {from})", base.join(", ")));
 
     let mut out = vec![quote(key), feature_date.to_string()];
     out.extend(spec.features.iter().filter(|x| x.output).map(|x| quote(&x.name)));

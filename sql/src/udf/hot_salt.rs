@@ -45,7 +45,7 @@ struct Table {
     per_key: usize,
 }
 
-fn list_literal(name: &str, what: &str, arg: &ColumnarValue) -> Result<ArrayRef> {
+pub(crate) fn list_literal(name: &str, what: &str, arg: &ColumnarValue) -> Result<ArrayRef> {
     match arg {
         ColumnarValue::Scalar(ScalarValue::List(list)) if list.len() == 1 && !list.is_null(0) => {
             Ok(list.value(0))
@@ -75,25 +75,31 @@ impl Table {
 
     /// For each row of `key`, the index of its hot key.
     fn matches(&self, key: &ArrayRef) -> Result<Vec<Option<u32>>> {
-        let key = if key.data_type() == self.keys.data_type() {
-            key.clone()
-        } else {
-            cast(key, self.keys.data_type())?
-        };
-        let mut which = vec![None; key.len()];
-        for i in 0..self.keys.len() {
-            if self.keys.is_null(i) {
-                continue;
-            }
-            let hit: BooleanArray = eq(&key, &Scalar::new(self.keys.slice(i, 1)))?;
-            // NULL (a NULL key) counts as no match.
-            let hit = if hit.null_count() > 0 { prep_null_mask_filter(&hit) } else { hit };
-            for row in hit.values().set_indices() {
-                which[row].get_or_insert(i as u32);
-            }
-        }
-        Ok(which)
+        hot_key_of(&self.keys, key)
     }
+}
+
+/// For each row of `key`, the index in `keys` of its value, if there: one
+/// vectorized comparison per key.
+pub(crate) fn hot_key_of(keys: &ArrayRef, key: &ArrayRef) -> Result<Vec<Option<u32>>> {
+    let key = if key.data_type() == keys.data_type() {
+        key.clone()
+    } else {
+        cast(key, keys.data_type())?
+    };
+    let mut which = vec![None; key.len()];
+    for i in 0..keys.len() {
+        if keys.is_null(i) {
+            continue;
+        }
+        let hit: BooleanArray = eq(&key, &Scalar::new(keys.slice(i, 1)))?;
+        // NULL (a NULL key) counts as no match.
+        let hit = if hit.null_count() > 0 { prep_null_mask_filter(&hit) } else { hit };
+        for row in hit.values().set_indices() {
+            which[row].get_or_insert(i as u32);
+        }
+    }
+    Ok(which)
 }
 
 fn check_arity(name: &str, arg_types: &[DataType], min: usize) -> Result<()> {

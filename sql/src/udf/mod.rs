@@ -6,6 +6,7 @@ use std::sync::Arc;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
 pub mod hot_salt;
+pub mod merge_salted;
 pub mod tiles;
 
 /// Sluice's scalar functions.
@@ -13,6 +14,7 @@ pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
     vec![
         Arc::new(ScalarUDF::from(hot_salt::HotSalt::default())),
         Arc::new(ScalarUDF::from(hot_salt::HotSalts::default())),
+        Arc::new(ScalarUDF::from(merge_salted::MergeSalted::default())),
     ]
 }
 

@@ -439,6 +439,27 @@ mod tests {
         Ok(ctx)
     }
 
+    /// The rows written under `dir`, after checking that every day's folder
+    /// got one file (all rows of a day reached one writer).
+    async fn written_by_day(
+        ctx: &SessionContext,
+        dir: &std::path::Path,
+    ) -> Result<datafusion::dataframe::DataFrame> {
+        for day in 1..=3 {
+            let folder = dir.join(format!("day=2024-01-0{day}"));
+            let files = std::fs::read_dir(&folder)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+                .count();
+            assert_eq!(files, 1, "{}", folder.display());
+        }
+        ctx.read_parquet(
+            format!("{}/", dir.display()),
+            ParquetReadOptions::default()
+                .table_partition_cols(vec![("day".into(), DataType::Utf8)]),
+        )
+        .await
+    }
+
     fn copy_sql(dir: &std::path::Path) -> String {
         format!(
             "COPY (SELECT id, day FROM t) TO '{}/' STORED AS PARQUET PARTITIONED BY (day)",
@@ -463,20 +484,7 @@ mod tests {
             .flat_map(|a| a.values().iter().copied())
             .sum();
         assert_eq!(total, 400);
-        // All rows of a day reach one writer: one file per folder.
-        for day in 1..=3 {
-            let folder = dir.path().join(format!("day=2024-01-0{day}"));
-            let files = std::fs::read_dir(&folder)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?
-                .count();
-            assert_eq!(files, 1, "{}", folder.display());
-        }
-        let back = ctx
-            .read_parquet(
-                format!("{}/", dir.path().display()),
-                ParquetReadOptions::default()
-                    .table_partition_cols(vec![("day".into(), DataType::Utf8)]),
-            )
+        let back = written_by_day(&ctx, dir.path())
             .await?
             .select_columns(&["id", "day"])?
             .sort(vec![datafusion::prelude::col("id").sort(true, false)])?
@@ -512,20 +520,7 @@ mod tests {
             "{shown}"
         );
         collect(plan, ctx.task_ctx()).await?;
-        for day in 1..=3 {
-            let folder = dir.path().join(format!("day=2024-01-0{day}"));
-            let files = std::fs::read_dir(&folder)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?
-                .count();
-            assert_eq!(files, 1, "{}", folder.display());
-        }
-        let back = ctx
-            .read_parquet(
-                format!("{}/", dir.path().display()),
-                ParquetReadOptions::default()
-                    .table_partition_cols(vec![("day".into(), DataType::Utf8)]),
-            )
-            .await?;
+        let back = written_by_day(&ctx, dir.path()).await?;
         ctx.register_table("back", back.into_view())?;
         let order = " ORDER BY day, id";
         let got = ctx.sql(&format!("SELECT id, day, v FROM back{order}")).await?.collect().await?;

@@ -165,6 +165,18 @@ impl TestCluster {
         Self::start_full(executors, vcores, &[], executor_args)
     }
 
+    /// As [`TestCluster::start`], for tests that kill an executor: a short
+    /// executor timeout on the scheduler (5 s) and heartbeats well inside it
+    /// (1 s), so a killed executor's tasks are rescheduled within seconds.
+    pub fn start_for_executor_loss(executors: usize, vcores: usize) -> anyhow::Result<Self> {
+        Self::start_full(
+            executors,
+            vcores,
+            &["--executor-timeout-seconds", "5"],
+            &["--heartbeat-interval-seconds", "1"],
+        )
+    }
+
     /// As [`TestCluster::start`], with extra scheduler and executor flags.
     pub fn start_full(
         executors: usize,
@@ -451,6 +463,9 @@ pub struct JobRow {
     /// The status word (`Running`, `Completed`, `Failed`, …).
     pub status: String,
     pub completed_stages: usize,
+    /// The job's stage count (0 while the adaptive planner has not planned
+    /// them all).
+    pub num_stages: usize,
     pub start_time: u64,
 }
 
@@ -469,6 +484,7 @@ pub async fn scheduler_jobs(addr: &str) -> Vec<JobRow> {
             name: j["job_name"].as_str().unwrap_or_default().to_string(),
             status: j["status"].as_str().unwrap_or_default().to_string(),
             completed_stages: j["completed_stages"].as_u64().unwrap_or_default() as usize,
+            num_stages: j["num_stages"].as_u64().unwrap_or_default() as usize,
             start_time: j["start_time"].as_u64().unwrap_or_default(),
         })
         .collect();

@@ -506,13 +506,7 @@ fn executor_killed_mid_salted_backfill_gives_identical_results() {
         ..ChurnConfig::default()
     };
     sluice_client::datagen::churn::generate(&cfg, &data).expect("generate");
-    let mut cluster = TestCluster::start_full(
-        2,
-        1,
-        &["--executor-timeout-seconds", "5"],
-        &["--heartbeat-interval-seconds", "1"],
-    )
-    .expect("cluster");
+    let mut cluster = TestCluster::start_for_executor_loss(2, 1).expect("cluster");
     let scheduler = cluster.scheduler_addr().to_string();
     let target = Target::Scheduler(scheduler.parse().expect("addr"));
     let out = tmp.path().join("out");
@@ -536,12 +530,14 @@ fn executor_killed_mid_salted_backfill_gives_identical_results() {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut killed = None;
         while Instant::now() < deadline && !run.is_finished() {
+            // The chunk's write job (scan, tiles, write: 3 stages; the
+            // checks before it are smaller jobs), once its scan is done.
             let jobs = sluice_tests::scheduler_jobs(&scheduler).await;
-            if let Some(job) = jobs
-                .iter()
-                .rev()
-                .find(|j| !before.contains(&j.id) && j.name.starts_with("sluice backfill"))
-                && job.status == "Running"
+            if let Some(job) = jobs.iter().rev().find(|j| {
+                !before.contains(&j.id)
+                    && j.name.starts_with("sluice backfill")
+                    && j.num_stages >= 3
+            }) && job.status == "Running"
                 && job.completed_stages >= 1
             {
                 killed = Some((job.id.clone(), job.completed_stages));

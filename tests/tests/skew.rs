@@ -279,15 +279,7 @@ fn executor_killed_mid_salted_job(adaptive: bool) {
         ..ChurnConfig::default()
     };
     sluice_client::datagen::churn::generate(&cfg, &data).expect("generate");
-    // A short executor timeout (and heartbeats well inside it): a killed
-    // executor's running tasks are rescheduled within seconds.
-    let mut cluster = TestCluster::start_full(
-        2,
-        1,
-        &["--executor-timeout-seconds", "5"],
-        &["--heartbeat-interval-seconds", "1"],
-    )
-    .expect("cluster");
+    let mut cluster = TestCluster::start_for_executor_loss(2, 1).expect("cluster");
     let scheduler = cluster.scheduler_addr().to_string();
     let target = Target::Scheduler(scheduler.parse().expect("addr"));
     let sql = "SELECT e.event_type, count(*) AS n, sum(s.total) AS t, count(DISTINCT e.user_id) AS u \

@@ -791,7 +791,7 @@ fn hot_keys_report(
     }
     match &plan_opts.salted {
         Some(salted) => text.push_str(&format!(
-            "-- salted tiles aggregation on {key}: {n} hot keys, each spread over {b} salt buckets on distinct shuffle partitions of {p} (salt: a hash of the row's day); grouped by ({key}, salt), then each entity's windows merged per feature day (sum, min, max)\n",
+            "-- salted tiles aggregation on {key}: {n} hot keys, each spread over {b} salt buckets on distinct shuffle partitions of {p} (salt: a hash of the row's day); grouped by ({key}, salt), then each hot entity's windows merged per feature day (sum, min, max) by sluice_merge_salted in the write's grouping by date (no extra stage)\n",
             n = salted.keys.len(),
             b = salted.salts.first().map_or(0, Vec::len),
             p = hot.partitions,

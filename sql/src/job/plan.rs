@@ -19,6 +19,12 @@
 //! one scan and one partial aggregation per source, one hash aggregation by
 //! entity, and the output rows themselves.
 //!
+//! With hot entities ([`PlanOptions::salted`]) the rows carry a salt `__s`
+//! (a hash of the day for a hot entity, 0 otherwise; anchors repeated per
+//! salt), `tiles` groups by (entity, salt), and the output rows of a feature
+//! date are collected and merged per (entity, day) by `sluice_merge_salted`
+//! in the grouping by date the partitioned write needs anyway.
+//!
 //! A row with event day `e` and availability day `a` (default `e`) counts
 //! for feature dates `D ∈ [max(e, a), e + W − 1]`; unbounded windows have no
 //! end. Days are integers (days since 1970-01-01).

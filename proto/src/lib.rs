@@ -2,15 +2,20 @@
 //! classification of errors that drives retries and exit codes.
 //!
 //! This is the lowest crate of the workspace (`proto` ← `sql` ← {`scheduler`,
-//! `executor`} ← `client`). Protobuf messages of Sluice's own services (the
-//! etcd job registry, cluster status) will be generated here from `build.rs`
-//! when they exist; today the scheduler and executors speak Ballista's
-//! protocol only.
+//! `executor`} ← `client`). Sluice's own protobuf messages are compiled here
+//! from `proto/sluice/v1/*.proto` by `build.rs` ([`pb`]); the scheduler and
+//! executors otherwise speak Ballista's protocol.
 
 mod addr;
 mod error;
 pub mod etcd;
 pub mod logging;
+pub mod remote_error;
+
+/// Messages generated from `proto/sluice/v1/*.proto`.
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/sluice.v1.rs"));
+}
 
 pub use addr::HostPort;
 pub use error::{Error, ErrorClass, Result};

@@ -14,9 +14,14 @@
 
 pub mod broadcast;
 pub mod catalog;
+pub mod cluster_plan;
+pub mod copy;
 pub mod error;
+pub mod inline;
 pub mod job;
 pub mod options;
+pub mod recursive;
+pub mod remote_error;
 pub mod roots;
 pub mod session;
 pub mod skew;

@@ -25,20 +25,41 @@ pub struct SluiceOptions {
     /// `sluice.skew.buckets`: number of salt buckets a hot key is spread over
     /// (at most the join's shuffle partition count).
     pub skew_buckets: u32,
+    /// `sluice.memory_tables.inline_max_bytes`: in-memory tables up to this
+    /// size travel inside the plan (see [`crate::inline`]).
+    pub inline_max_bytes: usize,
+    /// `sluice.memory_tables.stage_url`: where larger in-memory tables are
+    /// written for executors to read (a folder or `s3://` prefix every
+    /// executor can read); empty: larger tables are an error.
+    pub stage_url: String,
 }
 
 impl Default for SluiceOptions {
     fn default() -> Self {
-        Self { skew_enabled: true, skew_hot_key_share: 0.01, skew_buckets: 32 }
+        Self {
+            skew_enabled: true,
+            skew_hot_key_share: 0.01,
+            skew_buckets: 32,
+            inline_max_bytes: crate::inline::DEFAULT_INLINE_MAX_BYTES,
+            stage_url: String::new(),
+        }
     }
 }
 
-const KEYS: [(&str, &str); 3] = [
+const KEYS: [(&str, &str); 5] = [
     ("skew.enabled", "Detect hot join/grouping keys and salt them (true|false)."),
     ("skew.hot_key_share", "A key is hot above this share of its input's rows, in (0, 1)."),
     (
         "skew.buckets",
         "Salt buckets a hot key is spread over, 2..=1024 (at most one per shuffle partition).",
+    ),
+    (
+        "memory_tables.inline_max_bytes",
+        "In-memory tables up to this many bytes travel inside the plan to the cluster.",
+    ),
+    (
+        "memory_tables.stage_url",
+        "Folder or s3:// prefix every executor can read, where larger in-memory tables are written for a query (empty: they are an error).",
     ),
 ];
 
@@ -90,6 +111,12 @@ impl ExtensionOptions for SluiceOptions {
                 }
                 self.skew_buckets = buckets;
             }
+            "memory_tables.inline_max_bytes" => {
+                self.inline_max_bytes = v
+                    .parse()
+                    .map_err(|_| invalid(key, value, "a number of bytes, e.g. 4194304"))?;
+            }
+            "memory_tables.stage_url" => self.stage_url = v.to_string(),
             _ => {
                 let known: Vec<String> = KEYS.iter().map(|(k, _)| format!("sluice.{k}")).collect();
                 return Err(DataFusionError::Configuration(format!(
@@ -106,6 +133,8 @@ impl ExtensionOptions for SluiceOptions {
             self.skew_enabled.to_string(),
             self.skew_hot_key_share.to_string(),
             self.skew_buckets.to_string(),
+            self.inline_max_bytes.to_string(),
+            self.stage_url.clone(),
         ];
         KEYS.iter()
             .zip(values)

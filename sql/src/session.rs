@@ -87,8 +87,12 @@ pub fn scheduler_session_state(config: SessionConfig) -> DfResult<SessionState> 
         .with_aggregate_functions(
             ballista_aggregate_functions().into_iter().chain(udf::aggregate_functions()).collect(),
         )
-        .with_window_functions(ballista_window_functions())
-        .with_query_planner(Arc::new(crate::write::SluiceQueryPlanner))
+        .with_window_functions({
+            let functions = ballista_window_functions();
+            let wrapped = udf::ignore_nulls::wrappers(&functions);
+            functions.into_iter().chain(wrapped).collect()
+        })
+        .with_query_planner(Arc::new(crate::cluster_plan::ClusterQueryPlanner))
         .build())
 }
 

@@ -359,7 +359,8 @@ fn count_batch(count: u64) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(count_schema(), vec![column])?)
 }
 
-/// Ballista's physical codec plus [`ParallelSinkExec`]. Register it on the
+/// Ballista's physical codec plus [`ParallelSinkExec`] and recursive
+/// queries ([`crate::recursive`]). Register it on the
 /// scheduler and every executor (`override_physical_codec`).
 #[derive(Debug, Default)]
 pub struct SluiceCodec {
@@ -378,6 +379,9 @@ impl PhysicalExtensionCodec for SluiceCodec {
         ctx: &TaskContext,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(plan) = crate::recursive::try_decode(buf, inputs)? {
+            return Ok(plan);
+        }
         let Some(body) = buf.strip_prefix(PARALLEL_SINK_TAG) else {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
@@ -397,6 +401,9 @@ impl PhysicalExtensionCodec for SluiceCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
+        if crate::recursive::try_encode(&node, buf)? {
+            return Ok(());
+        }
         let Some(exec) = node.downcast_ref::<ParallelSinkExec>() else {
             return self.inner.try_encode(node, buf, proto_converter);
         };

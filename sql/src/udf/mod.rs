@@ -6,6 +6,7 @@ use std::sync::Arc;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
 pub mod hot_salt;
+pub mod ignore_nulls;
 pub mod merge_salted;
 pub mod tiles;
 

@@ -7,6 +7,7 @@
 //! session configuration, so `sluice.*` and `s3.*` settings sent by clients
 //! are understood here.
 
+pub mod engine;
 pub mod error;
 pub mod follow;
 
@@ -166,6 +167,8 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
                 source: ballista_core::error::BallistaError::DataFusionError(Box::new(e)),
             })?,
         ))),
+        // Typed errors and consistent stage metrics (see `engine`).
+        override_execution_engine: Some(Arc::new(engine::SluiceExecutionEngine::default())),
         ..ExecutorProcessConfig::default()
     };
     process_config.validate().map_err(|source| Error::InvalidConfig { source })?;

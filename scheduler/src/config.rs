@@ -31,6 +31,9 @@ pub struct SchedulerProcessConfig {
     pub min_ready_executors: usize,
     pub task_max_failures: usize,
     pub stage_max_failures: usize,
+    /// A job with no task running or waiting for this long, yet not
+    /// finished, is failed rather than left waiting (see `watchdog`).
+    pub job_stall_timeout_seconds: u64,
     /// Writes Ballista's per-job event log (JSON lines) here when set.
     pub event_log_dir: Option<String>,
     /// Serve Arrow Flight SQL for clients on this address (a port of its
@@ -85,6 +88,7 @@ impl Default for SchedulerProcessConfig {
             min_ready_executors: 1,
             task_max_failures: 4,
             stage_max_failures: 4,
+            job_stall_timeout_seconds: 30,
             event_log_dir: None,
             flight_sql_bind: None,
             auth_token_file: None,

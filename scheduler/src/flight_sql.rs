@@ -188,7 +188,17 @@ impl QueryBackend for Backend {
         };
         let result = self.scheduler.execute(&name, Arc::clone(&ctx), plan.clone()).await;
         guard.disarm();
-        let mut result = result?;
+        // An error raised on an executor, as DataFusion raised it (Ballista
+        // hands on its debug text, wrapped twice).
+        let mut result = result.map_err(|e| {
+            let text = e.to_string();
+            match sluice_proto::remote_error::find_in(&text) {
+                Some(remote) => ballista_core::error::BallistaError::DataFusionError(Box::new(
+                    sluice_sql::remote_error::decode(&remote),
+                )),
+                None => e,
+            }
+        })?;
         // Ballista reads the schema from "the" stage with no output links;
         // under its adaptive planner that can be an inner stage (its partial
         // aggregate state), and ADBC then rejects the data. The physical

@@ -17,6 +17,7 @@ pub mod flight_sql;
 mod gate;
 pub mod ha;
 pub mod recovery;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub struct RunningScheduler {
     pub flight_sql: Option<flight_sql::RunningFlightSql>,
     /// Ballista's scheduler.
     pub scheduler: Arc<Scheduler>,
+    watchdog: JoinHandle<()>,
 }
 
 /// Ballista's scheduler with DataFusion's plan encodings.
@@ -67,6 +69,7 @@ impl RunningScheduler {
     /// Stops serving (used by embedded clusters on exit).
     pub fn abort(&self) {
         self.task.abort();
+        self.watchdog.abort();
         if let Some(flight) = &self.flight_sql {
             flight.task.abort();
         }
@@ -100,6 +103,8 @@ fn ballista_config(
         override_config_producer: Some(Arc::new(sluice_sql::session::cluster_session_config)),
         override_session_builder: Some(session_builder),
         override_physical_codec: Some(Arc::new(sluice_sql::write::SluiceCodec::default())),
+        // In-memory tables sent inside clients' plans (`sluice_sql::inline`).
+        override_logical_codec: Some(Arc::new(sluice_sql::inline::SluiceLogicalCodec::default())),
         ..SchedulerConfig::default()
     }
 }
@@ -163,9 +168,17 @@ pub async fn start_on(
         )),
         cluster.job_state(),
     );
+    let job_state = cluster.job_state();
     let server = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(ballista))
         .await
         .map_err(|source| Error::Server { source })?;
+    let watchdog = watchdog::spawn(
+        Arc::new(server.clone()),
+        job_state,
+        watchdog::WatchdogConfig {
+            stall_after: std::time::Duration::from_secs(config.job_stall_timeout_seconds),
+        },
+    );
     tracing::info!(%local_addr, %endpoint, "scheduler serving");
     let flight_sql = match &config.flight_sql_bind {
         Some(bind) => {
@@ -185,7 +198,7 @@ pub async fn start_on(
     };
     let scheduler = Arc::new(server.clone());
     let task = tokio::spawn(gate::serve(listener, server, tokens));
-    Ok(RunningScheduler { local_addr, endpoint, task, flight_sql, scheduler })
+    Ok(RunningScheduler { local_addr, endpoint, task, flight_sql, scheduler, watchdog })
 }
 
 /// Binds `addr` (port 0 picks a free port); returns the listener and the

@@ -37,6 +37,10 @@ struct Args {
     /// Executors needed before /readyz reports ready.
     #[arg(long, value_name = "N")]
     min_ready_executors: Option<usize>,
+    /// Seconds an unfinished job may go with no task running or waiting
+    /// before it is failed rather than left waiting forever (default 30).
+    #[arg(long, value_name = "SECONDS")]
+    job_stall_timeout_seconds: Option<u64>,
     /// Directory for Ballista's per-job event logs.
     #[arg(long, value_name = "DIR")]
     event_log_dir: Option<String>,
@@ -104,6 +108,9 @@ fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::E
     }
     if let Some(v) = args.min_ready_executors {
         config.min_ready_executors = v;
+    }
+    if let Some(v) = args.job_stall_timeout_seconds {
+        config.job_stall_timeout_seconds = v;
     }
     if let Some(v) = args.event_log_dir {
         config.event_log_dir = Some(v);

@@ -1,8 +1,10 @@
 //! Connecting to a cluster and running SQL on it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ballista::prelude::SessionContextExt;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{DataFrame, SessionContext};
 use sluice_proto::HostPort;
@@ -160,11 +162,20 @@ pub async fn connect_as(
             (cluster.scheduler().clone(), Some(cluster))
         }
     };
+    let url = scheduler.http_url().replace("http://", "df://");
+    // In-memory tables travel inside plans, and client-side tables and
+    // inserts stay in the client (`crate::planner`).
+    let codec = Arc::new(sluice_sql::inline::SluiceLogicalCodec::default());
+    let config = {
+        use ballista::prelude::SessionConfigExt;
+        let ballista = config.ballista_config();
+        config.with_ballista_logical_extension_codec(codec.clone()).with_ballista_query_planner(
+            Arc::new(crate::planner::ClientPlanner::new(url.clone(), ballista, codec)),
+        )
+    };
     let state = session::client_state(config).map_err(Error::from_datafusion)?;
     let ctx =
-        SessionContext::remote_with_state(&scheduler.http_url().replace("http://", "df://"), state)
-            .await
-            .map_err(Error::from_datafusion)?;
+        SessionContext::remote_with_state(&url, state).await.map_err(Error::from_datafusion)?;
     // Ballista rebuilds the state for remote execution, keeping only built-in functions.
     session::register_functions(&ctx);
     for t in tables {
@@ -220,14 +231,91 @@ fn reads_only(sql: &str) -> bool {
 }
 
 async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    collect_salted(ctx, sql).await.map(|(_, batches)| batches).map_err(Error::from_datafusion)
+}
+
+/// Runs one SQL statement as `sluice sql` does (hot-key salting of joins,
+/// `EXPLAIN` notes; see [`run_sql_salted`]) and returns its schema with
+/// its batches. Errors stay DataFusion's own, as they read on a single
+/// process: a failure inside the cluster comes back with the text the
+/// failing executor or scheduler saw ([`sluice_sql::remote_error`]).
+///
+/// # Errors
+/// The statement's planning or execution error.
+pub async fn collect_salted(
+    ctx: &SessionContext,
+    sql: &str,
+) -> datafusion::error::Result<(SchemaRef, Vec<RecordBatch>)> {
+    let df = ctx.sql(sql).await.map_err(sluice_sql::remote_error::unwrap)?;
+    salted(ctx, df).await.map_err(sluice_sql::remote_error::unwrap)
+}
+
+/// How many statements `sql` holds (1 when it does not parse: the error
+/// is then reported by running it).
+pub fn statement_count(sql: &str) -> usize {
+    datafusion::sql::parser::DFParser::parse_sql(sql).map_or(1, |s| s.len().max(1))
+}
+
+/// Runs each statement of `sql` (several separated by `;`) as
+/// [`collect_salted`] does, in order; returns each one's schema and
+/// batches. Statements that create or change tables (`CREATE TABLE … AS`,
+/// `INSERT INTO` a memory table) are seen by the ones after them.
+///
+/// # Errors
+/// The first failing statement's error, DataFusion's own; the statements
+/// before it have run.
+pub async fn collect_statements(
+    ctx: &SessionContext,
+    sql: &str,
+) -> datafusion::error::Result<Vec<(SchemaRef, Vec<RecordBatch>)>> {
+    use datafusion::sql::parser::DFParserBuilder;
+    let state = ctx.state();
+    let options = &state.config().options().sql_parser;
+    let dialect =
+        datafusion::sql::sqlparser::dialect::dialect_from_str(options.dialect.to_string())
+            .ok_or_else(|| {
+                datafusion::error::DataFusionError::Plan(format!(
+                    "unsupported SQL dialect {}",
+                    options.dialect
+                ))
+            })?;
+    let statements = DFParserBuilder::new(sql)
+        .with_dialect(dialect.as_ref())
+        .with_recursion_limit(options.recursion_limit.get())
+        .build()?
+        .parse_statements()?;
+    let mut results = Vec::with_capacity(statements.len());
+    for statement in statements {
+        let plan = ctx.state().statement_to_plan(statement).await?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(sluice_sql::remote_error::unwrap)?;
+        results.push(salted(ctx, df).await.map_err(sluice_sql::remote_error::unwrap)?);
+    }
+    Ok(results)
+}
+
+/// Plans and runs `df`: the schema is the executed plan's, as DataFusion's
+/// own runner reports it (the unoptimized plan's types may differ).
+async fn run_df(df: DataFrame) -> datafusion::error::Result<(SchemaRef, Vec<RecordBatch>)> {
+    let task_ctx = Arc::new(df.task_ctx());
+    let plan = df.create_physical_plan().await?;
+    let schema = plan.schema();
+    let batches = datafusion::physical_plan::collect(plan, task_ctx).await?;
+    Ok((schema, batches))
+}
+
+async fn salted(
+    ctx: &SessionContext,
+    df: DataFrame,
+) -> datafusion::error::Result<(SchemaRef, Vec<RecordBatch>)> {
     use datafusion::arrow::array::{Array, StringArray};
+    use datafusion::error::DataFusionError;
     use datafusion::logical_expr::LogicalPlan;
 
-    let df = ctx.sql(sql).await.map_err(Error::from_datafusion)?;
+    let external = |e: Error| DataFusionError::External(Box::new(e));
     let opts = sluice_sql::options::of_session(ctx);
     let is_explain = matches!(df.logical_plan(), LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
     if !opts.skew_enabled && !is_explain {
-        return df.collect().await.map_err(Error::from_datafusion);
+        return run_df(df).await;
     }
     let (plan, explain) = match df.logical_plan() {
         LogicalPlan::Explain(e) => (e.plan.as_ref().clone(), Some((e.verbose, false))),
@@ -236,21 +324,19 @@ async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<Reco
     };
     // Optimized first: equi-join keys are extracted from ON clauses and
     // filters pushed into the scans by DataFusion's logical optimizer.
-    let plan = ctx.state().optimize(&plan).map_err(Error::from_datafusion)?;
+    let plan = ctx.state().optimize(&plan)?;
     let mut hot = std::collections::BTreeMap::new();
-    let candidates = if opts.skew_enabled {
-        sluice_sql::skew::join_candidates(&plan).map_err(Error::from_datafusion)?
-    } else {
-        Vec::new()
-    };
+    let candidates =
+        if opts.skew_enabled { sluice_sql::skew::join_candidates(&plan)? } else { Vec::new() };
     let mut detected = Vec::new();
     for c in candidates {
         // A broadcast join shuffles neither side: nothing to balance.
         if sluice_sql::broadcast::expected(&ctx.state(), &c.join).await {
             continue;
         }
-        let (keys, how) =
-            crate::hotkeys::hot_keys(ctx, &c.left, &c.key, opts.skew_hot_key_share).await?;
+        let (keys, how) = crate::hotkeys::hot_keys(ctx, &c.left, &c.key, opts.skew_hot_key_share)
+            .await
+            .map_err(external)?;
         if !keys.is_empty() {
             hot.insert(c.index, keys);
             detected.push(how);
@@ -259,42 +345,31 @@ async fn run_sql_salted_once(ctx: &SessionContext, sql: &str) -> Result<Vec<Reco
     // Broadcast expectations are noted on the plan before salting: the
     // salted right side (an unnest) has no size estimate.
     let broadcast = match explain {
-        Some(_) => sluice_sql::broadcast::notes(&ctx.state(), &plan)
-            .await
-            .map_err(Error::from_datafusion)?,
+        Some(_) => sluice_sql::broadcast::notes(&ctx.state(), &plan).await?,
         None => Vec::new(),
     };
     // The join's shuffle partitions: salt values are chosen to land on
     // distinct ones.
     let partitions = ctx.state().config().target_partitions();
-    let (plan, notes) = sluice_sql::skew::salt_joins(plan, &hot, opts.skew_buckets, partitions)
-        .map_err(Error::from_datafusion)?;
+    let (plan, notes) = sluice_sql::skew::salt_joins(plan, &hot, opts.skew_buckets, partitions)?;
     // One note per salted join, in the order of `hot` (the joins' order).
     let notes: Vec<String> =
         notes.into_iter().zip(&detected).map(|(n, how)| format!("{n} ({how})")).collect();
     let Some((verbose, analyze)) = explain else {
-        return DataFrame::new(ctx.state(), plan).collect().await.map_err(Error::from_datafusion);
+        return run_df(DataFrame::new(ctx.state(), plan)).await;
     };
     let mut notes: Vec<(&str, String)> = notes.into_iter().map(|n| ("sluice_skew", n)).collect();
     notes.extend(broadcast.into_iter().map(|n| ("sluice_broadcast", n)));
     let df = DataFrame::new(ctx.state(), plan);
-    let mut batches = df
-        .explain(verbose, analyze)
-        .map_err(Error::from_datafusion)?
-        .collect()
-        .await
-        .map_err(Error::from_datafusion)?;
+    let (schema, mut batches) = run_df(df.explain(verbose, analyze)?).await?;
     if let (false, Some(first)) = (notes.is_empty(), batches.first()) {
         let schema = first.schema();
         let kinds = StringArray::from(notes.iter().map(|(k, _)| *k).collect::<Vec<_>>());
         let texts = StringArray::from(notes.into_iter().map(|(_, n)| n).collect::<Vec<_>>());
-        let cols: Vec<std::sync::Arc<dyn Array>> =
-            vec![std::sync::Arc::new(kinds), std::sync::Arc::new(texts)];
+        let cols: Vec<Arc<dyn Array>> = vec![Arc::new(kinds), Arc::new(texts)];
         if schema.fields().len() == 2 {
-            let b =
-                RecordBatch::try_new(schema, cols).map_err(|e| Error::from_datafusion(e.into()))?;
-            batches.insert(0, b);
+            batches.insert(0, RecordBatch::try_new(schema, cols)?);
         }
     }
-    Ok(batches)
+    Ok((schema, batches))
 }

@@ -83,6 +83,10 @@ pub async fn hot_keys(
     match sample(ctx, left, key).await {
         Ok(Some((batches, partitions))) => {
             let rows = batches.iter().map(RecordBatch::num_rows).sum();
+            // An empty input has no hot key (and no batch to read a schema from).
+            if rows == 0 {
+                return Ok((Vec::new(), Detection::Sample { rows, partitions }));
+            }
             let local = SessionContext::new();
             let df = local.read_batches(batches).map_err(Error::from_datafusion)?;
             let top = top_keys(df, col("__k")).await?;

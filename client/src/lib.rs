@@ -12,6 +12,7 @@ pub mod error;
 pub mod format;
 pub mod hotkeys;
 pub mod http;
+pub mod planner;
 pub mod registry;
 pub mod status;
 pub mod verify;

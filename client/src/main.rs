@@ -72,7 +72,8 @@ enum Command {
         tls_ca: Option<PathBuf>,
         #[command(flatten)]
         etcd: EtcdArgs,
-        /// The SQL statement.
+        /// The SQL: one statement, or several separated by `;` (each result is
+        /// printed; `CREATE TABLE t AS …; SELECT … FROM t` works).
         sql: String,
     },
     /// The persistent table catalog: register, list, drop.
@@ -531,11 +532,24 @@ async fn run(cli: Cli) -> Result<(), Error> {
             for t in &tables {
                 t.register(&conn.ctx).await?;
             }
-            let batches = sluice_client::connect::run_sql_salted(&conn.ctx, &sql).await?;
+            // One statement (retried after an executor loss when it only
+            // reads), or several separated by `;`, each result printed.
+            let results = match sluice_client::connect::statement_count(&sql) {
+                1 => vec![sluice_client::connect::run_sql_salted(&conn.ctx, &sql).await?],
+                _ => sluice_client::connect::collect_statements(&conn.ctx, &sql)
+                    .await
+                    .map_err(Error::from_datafusion)?
+                    .into_iter()
+                    .filter(|(schema, _)| !schema.fields().is_empty())
+                    .map(|(_, batches)| batches)
+                    .collect(),
+            };
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            sluice_client::format::write(&mut lock, &batches, format)
-                .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?;
+            for batches in &results {
+                sluice_client::format::write(&mut lock, batches, format)
+                    .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?;
+            }
             Ok(())
         }
         Command::Table { what } => run_table(what).await,

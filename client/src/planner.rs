@@ -1,0 +1,493 @@
+//! The client's query planner on a cluster: Ballista's (the statement runs
+//! as a distributed job) with the parts of a session that live in the
+//! client kept there.
+//!
+//! - **Tables of the client's session travel with the plan.** In-memory
+//!   tables are encoded into the plan by `sluice_sql::inline`; a table the
+//!   plan encoding does not know (a table function such as
+//!   `generate_series`, a streaming table) is read here first and travels as
+//!   an in-memory table. A table larger than
+//!   `sluice.memory_tables.inline_max_bytes` is written as Parquet files
+//!   under `sluice.memory_tables.stage_url` for the executors to read
+//!   (see [`stage`]).
+//! - **`INSERT` into an in-memory table** runs its `SELECT` on the cluster
+//!   and appends the rows here, to the client's table (Ballista would plan
+//!   the insert on the scheduler, into the scheduler's copy of the table).
+//! - **`COPY`** keeps its options and a relative target is the client's
+//!   path (`sluice_sql::copy`).
+//! - **Results keep the plan's types** ([`PlanTypesExec`]): the Flight
+//!   fetch of a job's result turns dictionaries into their values and
+//!   `LargeList` into `List`.
+//! - **Uncorrelated scalar subqueries** run first, as jobs of their own,
+//!   and their values go into the plan ([`ClientPlanner::scalar_subqueries`]).
+//! - **An empty relation** (`SELECT … WHERE false` once optimized) is
+//!   planned here with its schema: Ballista answers it with a zero-column
+//!   plan.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ballista_core::config::BallistaConfig;
+use ballista_core::planner::BallistaQueryPlanner;
+use datafusion::catalog::{MemTable, Session, TableProvider};
+use datafusion::common::tree_node::Transformed;
+use datafusion::datasource::source_as_provider;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::{DmlStatement, LogicalPlan, TableScan, WriteOp};
+use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::protobuf::LogicalPlanNode;
+use sluice_sql::inline::{SluiceLogicalCodec, memtable_partitions, size_of};
+
+/// See the module docs.
+pub struct ClientPlanner {
+    remote: BallistaQueryPlanner<LogicalPlanNode>,
+    local: DefaultPhysicalPlanner,
+    codec: Arc<SluiceLogicalCodec>,
+}
+
+impl std::fmt::Debug for ClientPlanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientPlanner").finish_non_exhaustive()
+    }
+}
+
+impl ClientPlanner {
+    /// A planner submitting to the scheduler at `scheduler_url`
+    /// (`df://host:port`).
+    pub fn new(
+        scheduler_url: String,
+        config: BallistaConfig,
+        codec: Arc<SluiceLogicalCodec>,
+    ) -> Self {
+        let remote = BallistaQueryPlanner::with_extension(
+            scheduler_url,
+            config,
+            Arc::clone(&codec) as Arc<dyn LogicalExtensionCodec>,
+        );
+        Self { remote, local: DefaultPhysicalPlanner::default(), codec }
+    }
+}
+
+#[async_trait]
+impl QueryPlanner for ClientPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match logical_plan {
+            LogicalPlan::EmptyRelation(_) => {
+                self.local.create_physical_plan(logical_plan, session).await
+            }
+            LogicalPlan::Dml(DmlStatement { target, op: WriteOp::Insert(op), input, .. })
+                if source_as_provider(target)?.is::<MemTable>() =>
+            {
+                let table = source_as_provider(target)?;
+                let rows = self.create_physical_plan(input, session).await?;
+                table.insert_into(session, rows, *op).await
+            }
+            // The client's catalog answers DESCRIBE.
+            LogicalPlan::DescribeTable(_) => {
+                self.local.create_physical_plan(logical_plan, session).await
+            }
+            // EXPLAIN reads no table: nothing to ship.
+            LogicalPlan::Explain(_) => {
+                self.remote.create_physical_plan(logical_plan, session).await
+            }
+            _ => {
+                let plan = self.scalar_subqueries(logical_plan.clone(), session).await?;
+                let plan = self.client_tables(plan, session).await?;
+                // COPY keeps its options and its target means the client's path.
+                let plan = sluice_sql::copy::for_cluster(plan)?;
+                // What the plan encoding would change (Float16 literals,
+                // empty relations' columns).
+                let plan = sluice_sql::cluster_plan::for_the_wire(plan)?;
+                self.encodable(&plan, session).await?;
+                let remote = self.remote.create_physical_plan(&plan, session).await?;
+                Ok(Arc::new(PlanTypesExec::new(remote)))
+            }
+        }
+    }
+}
+
+impl ClientPlanner {
+    /// Checks that `plan` can be sent to the scheduler. When it cannot, the
+    /// error is the one single-process DataFusion gives for it if it gives
+    /// one (a plan it cannot run either: "Unsupported LIMIT expression",
+    /// an unsupported lateral join, ...), else a clear one.
+    ///
+    /// # Errors
+    /// As above.
+    async fn encodable(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<()> {
+        let Err(encoding) = datafusion_proto::logical_plan::AsLogicalPlan::try_from_logical_plan(
+            plan,
+            self.codec.as_ref(),
+        )
+        .map(|_: LogicalPlanNode| ()) else {
+            return Ok(());
+        };
+        if let Some(state) =
+            session.as_any().downcast_ref::<datafusion::execution::context::SessionState>()
+        {
+            let local =
+                datafusion::execution::SessionStateBuilder::new_from_existing(state.clone())
+                    .with_query_planner(Arc::new(LocalPlanner))
+                    .build();
+            local.create_physical_plan(plan).await?;
+        }
+        Err(DataFusionError::NotImplemented(format!(
+            "this statement cannot be sent to the cluster: {}",
+            sluice_sql::session::clean_df_message(&encoding)
+        )))
+    }
+
+    /// `plan` with each uncorrelated scalar subquery replaced by its value,
+    /// computed first by a job of its own (as Spark does). DataFusion plans
+    /// such a subquery as a `ScalarSubqueryExec` around the whole plan,
+    /// which a distributed plan splits apart ("ScalarSubqueryExpr can only
+    /// be deserialized as part of a surrounding ScalarSubqueryExec"), and
+    /// Ballista turns that planning off, leaving subqueries in a join
+    /// condition unplannable.
+    ///
+    /// # Errors
+    /// A subquery that returns more than one row, as DataFusion reports it.
+    async fn scalar_subqueries(
+        &self,
+        plan: LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<LogicalPlan> {
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        use datafusion::logical_expr::Expr;
+        use datafusion::logical_expr::expr_rewriter::NamePreserver;
+
+        let mut found: Vec<datafusion::logical_expr::Subquery> = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            node.apply_expressions(|e| {
+                e.apply(|e| {
+                    if let Expr::ScalarSubquery(sq) = e
+                        && sq.outer_ref_columns.is_empty()
+                        && !found.contains(sq)
+                    {
+                        found.push(sq.clone());
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                })
+            })?;
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if found.is_empty() {
+            return Ok(plan);
+        }
+        let mut values = Vec::with_capacity(found.len());
+        for sq in &found {
+            let exec = Box::pin(self.create_physical_plan(&sq.subquery, session)).await?;
+            let batches = datafusion::physical_plan::collect(exec, session.task_ctx()).await?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            if rows > 1 {
+                return Err(DataFusionError::Execution(
+                    "Scalar subquery returned more than one row".to_string(),
+                ));
+            }
+            let field = sq.subquery.schema().field(0).clone();
+            let value = match batches.iter().find(|b| b.num_rows() > 0) {
+                Some(b) => datafusion::common::ScalarValue::try_from_array(b.column(0), 0)?,
+                None => datafusion::common::ScalarValue::try_from(field.data_type())?,
+            };
+            values.push(value);
+        }
+        plan.transform_up_with_subqueries(|node| {
+            let names = NamePreserver::new(&node);
+            node.map_expressions(|expr| {
+                let saved = names.save(&expr);
+                let rewritten = expr.transform_up(|e| match &e {
+                    Expr::ScalarSubquery(sq) => match found.iter().position(|f| f == sq) {
+                        Some(i) => Ok(Transformed::yes(Expr::Literal(values[i].clone(), None))),
+                        None => Ok(Transformed::no(e)),
+                    },
+                    _ => Ok(Transformed::no(e)),
+                })?;
+                Ok(if rewritten.transformed {
+                    Transformed::yes(saved.restore(rewritten.data))
+                } else {
+                    rewritten
+                })
+            })
+        })
+        .map(|t| t.data)
+    }
+
+    /// `plan` with every scan of a client-side table the cluster cannot
+    /// read as it is replaced by one it can (see the module docs).
+    async fn client_tables(&self, plan: LogicalPlan, session: &dyn Session) -> Result<LogicalPlan> {
+        let opts = session
+            .config_options()
+            .extensions
+            .get::<sluice_sql::options::SluiceOptions>()
+            .cloned()
+            .unwrap_or_default();
+        // Collect the scans first: the rewrite itself cannot await.
+        let mut replacements = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                replacements.push(scan.clone());
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        let mut ready = Vec::new();
+        for scan in replacements {
+            let provider = source_as_provider(&scan.source)?;
+            if let Some(replacement) = self.readable(&scan, provider, session, &opts).await? {
+                ready.push((scan, replacement));
+            }
+        }
+        if ready.is_empty() {
+            return Ok(plan);
+        }
+        plan.transform_up_with_subqueries(|node| {
+            let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
+            match ready.iter().find(|(s, _)| s == scan) {
+                Some((_, replacement)) => Ok(Transformed::yes(LogicalPlan::TableScan(TableScan {
+                    source: datafusion::datasource::provider_as_source(Arc::clone(replacement)),
+                    ..scan.clone()
+                }))),
+                None => Ok(Transformed::no(node)),
+            }
+        })
+        .map(|t| t.data)
+    }
+
+    /// A provider the cluster can read in place of `provider`, or `None`
+    /// when it can read `provider` itself.
+    async fn readable(
+        &self,
+        scan: &TableScan,
+        provider: Arc<dyn TableProvider>,
+        session: &dyn Session,
+        opts: &sluice_sql::options::SluiceOptions,
+    ) -> Result<Option<Arc<dyn TableProvider>>> {
+        // A recursive query's work table is the query's own, planned with it.
+        if provider.is::<datafusion::datasource::cte_worktable::CteWorkTable>() {
+            return Ok(None);
+        }
+        let partitions = if let Some(mem) = provider.downcast_ref::<MemTable>() {
+            memtable_partitions(mem)?
+        } else {
+            let mut probe = Vec::new();
+            if self
+                .codec
+                .try_encode_table_provider(&scan.table_name, Arc::clone(&provider), &mut probe)
+                .is_ok()
+            {
+                return Ok(None);
+            }
+            // Read it here: the cluster gets its rows.
+            let exec = provider.scan(session, None, &[], None).await?;
+            if datafusion::physical_plan::ExecutionPlanProperties::boundedness(&exec).is_unbounded()
+            {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "the unbounded table {} cannot be read by the cluster (its rows are \
+                     read in this client); run the query without --scheduler",
+                    scan.table_name
+                )));
+            }
+            collect_partitioned(exec, session.task_ctx()).await?
+        };
+        let size = size_of(&partitions);
+        if size <= opts.inline_max_bytes {
+            if provider.is::<MemTable>() {
+                return Ok(None);
+            }
+            return Ok(Some(Arc::new(MemTable::try_new(provider.schema(), partitions)?)));
+        }
+        if opts.stage_url.is_empty() {
+            return Err(DataFusionError::Plan(format!(
+                "the in-memory table {} holds {size} bytes, more than \
+                 sluice.memory_tables.inline_max_bytes ({}) that travel inside a plan; \
+                 set sluice.memory_tables.stage_url to a folder or s3:// prefix every \
+                 executor can read (it is written there for the query), or raise the limit",
+                scan.table_name, opts.inline_max_bytes
+            )));
+        }
+        stage(session, &opts.stage_url, provider.schema(), partitions).await.map(Some)
+    }
+}
+
+/// Writes `partitions` as Parquet files (one per partition) under a fresh
+/// folder of `stage_url` and returns a table reading them.
+///
+/// # Errors
+/// When the store cannot be written.
+pub async fn stage(
+    session: &dyn Session,
+    stage_url: &str,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+    partitions: Vec<Vec<datafusion::arrow::record_batch::RecordBatch>>,
+) -> Result<Arc<dyn TableProvider>> {
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{
+        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    };
+    use datafusion::object_store::buffered::BufWriter;
+    use datafusion::parquet::arrow::AsyncArrowWriter;
+
+    let folder =
+        format!("{}/sluice-memtable-{}/", stage_url.trim_end_matches('/'), uuid::Uuid::new_v4());
+    let url = ListingTableUrl::parse(&folder)?;
+    let store = session.runtime_env().object_store(&url)?;
+    for (i, batches) in partitions.iter().enumerate() {
+        let path = url.prefix().clone().join(format!("part-{i}.parquet"));
+        let mut writer = AsyncArrowWriter::try_new(
+            BufWriter::new(Arc::clone(&store), path),
+            Arc::clone(&schema),
+            None,
+        )?;
+        for b in batches {
+            writer.write(b).await?;
+        }
+        writer.close().await?;
+    }
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema);
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// DataFusion's own physical planner (for [`ClientPlanner::encodable`]).
+#[derive(Debug)]
+struct LocalPlanner;
+
+#[async_trait]
+impl QueryPlanner for LocalPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::default().create_physical_plan(logical_plan, session).await
+    }
+}
+
+/// A cluster result as the plan typed it.
+///
+/// Ballista fetches a job's result partitions through the executors'
+/// Arrow Flight `do_get`, whose encoder (arrow-flight's
+/// `FlightDataEncoder`) sends dictionary columns as their values and
+/// declares `LargeList` columns as `List`: a `Dictionary(Int8, Utf8)` column
+/// came back as `Utf8` and `CREATE TABLE … AS` over it failed ("Mismatch
+/// between schema and batches"). Both casts back are lossless, so each batch
+/// is cast to the schema the plan promises when its types differ, and given
+/// the plan's fields (the shuffle files declare every column nullable).
+#[derive(Debug)]
+pub struct PlanTypesExec {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl PlanTypesExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>) -> Self {
+        Self { input }
+    }
+}
+
+/// `batch` with the columns of `schema`'s types (cast where they differ).
+///
+/// # Errors
+/// A cast Arrow cannot do.
+pub fn to_plan_types(
+    batch: datafusion::arrow::record_batch::RecordBatch,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+) -> Result<datafusion::arrow::record_batch::RecordBatch> {
+    use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+    if batch.schema() == *schema || batch.schema().fields().len() != schema.fields().len() {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(Arc::clone(c))
+            } else {
+                datafusion::arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    // The plan's schema (nullability included) when the data fits it; the
+    // cast columns under their own fields otherwise.
+    match RecordBatch::try_new_with_options(Arc::clone(schema), columns.clone(), &options) {
+        Ok(b) => Ok(b),
+        Err(_) => {
+            let fields: Vec<_> = columns
+                .iter()
+                .zip(schema.fields())
+                .map(|(c, f)| {
+                    f.as_ref().clone().with_data_type(c.data_type().clone()).with_nullable(true)
+                })
+                .collect();
+            let own = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+            Ok(RecordBatch::try_new_with_options(own, columns, &options)?)
+        }
+    }
+}
+
+impl datafusion::physical_plan::DisplayAs for PlanTypesExec {
+    fn fmt_as(
+        &self,
+        _t: datafusion::physical_plan::DisplayFormatType,
+        f: &mut std::fmt::Formatter,
+    ) -> std::fmt::Result {
+        write!(f, "PlanTypesExec")
+    }
+}
+
+impl ExecutionPlan for PlanTypesExec {
+    fn name(&self) -> &str {
+        "PlanTypesExec"
+    }
+
+    fn properties(&self) -> &Arc<datafusion::physical_plan::PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(
+            &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+        ) -> Result<datafusion::common::tree_node::TreeNodeRecursion>,
+    ) -> Result<datafusion::common::tree_node::TreeNodeRecursion> {
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("PlanTypesExec needs its input".into()))?;
+        Ok(Arc::new(Self::new(input)))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<datafusion::execution::TaskContext>,
+    ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
+        use futures::StreamExt;
+        let schema = self.input.schema();
+        let stream = self.input.execute(partition, context)?;
+        let typed = Arc::clone(&schema);
+        Ok(Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            schema,
+            stream.map(move |b| b.and_then(|b| to_plan_types(b, &typed))),
+        )))
+    }
+}

@@ -1,10 +1,13 @@
 """A real Flight SQL client for Sluice's tests and benchmarks: Python ADBC.
 
-    adbc_client.py query   --uri URI [--token T] [--tls-ca F] --sql SQL --out FILE.arrow
+    adbc_client.py query   --uri URI [--token T] [--tls-ca F] --sql SQL [--sql SQL ...] --out FILE.arrow
     adbc_client.py objects --uri URI [--token T] [--tls-ca F]
     adbc_client.py error   --uri URI [--token T] [--tls-ca F] [--cert F --key F] --sql SQL
     adbc_client.py latency --uri URI [--token T] --sql SQL [--runs 200]
     adbc_client.py throughput --uri URI [--token T] --sql SQL
+
+`--sql` may be repeated: the statements run in order on one connection (one
+session), and the last one's result is the command's.
 
 Every command prints one JSON object on stdout. `error` exits 0 only when
 the statement failed (and prints the error), 1 when it returned data.
@@ -35,8 +38,14 @@ def connect(args):
 
 
 def run(conn, sql):
+    """Runs each statement of `sql` (a list) on `conn`; the last one's rows."""
+    statements = sql if isinstance(sql, list) else [sql]
     with conn.cursor() as cur:
-        cur.execute(sql)
+        for statement in statements[:-1]:
+            # DDL and SET go through Flight SQL's update path (DoPut).
+            cur.adbc_statement.set_sql_query(statement)
+            cur.adbc_statement.execute_update()
+        cur.execute(statements[-1])
         return cur.fetch_arrow_table()
 
 
@@ -140,7 +149,7 @@ def main():
     parser.add_argument("--tls-ca")
     parser.add_argument("--cert", help="client certificate (PEM) for mTLS")
     parser.add_argument("--key", help="client private key (PEM) for mTLS")
-    parser.add_argument("--sql")
+    parser.add_argument("--sql", action="append")
     parser.add_argument("--out")
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()

@@ -7,6 +7,7 @@
 //! cluster waits on the scheduler's `/readyz` (which turns ready once the
 //! expected number of executors registered) with a deadline, never a sleep.
 
+pub mod corpus;
 pub mod slt;
 
 use std::fs::File;

@@ -248,13 +248,41 @@ impl ClientPlanner {
         }
         plan.transform_up_with_subqueries(|node| {
             let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
-            match ready.iter().find(|(s, _)| s == scan) {
-                Some((_, replacement)) => Ok(Transformed::yes(LogicalPlan::TableScan(TableScan {
-                    source: datafusion::datasource::provider_as_source(Arc::clone(replacement)),
+            let Some((_, replacement)) = ready.iter().find(|(s, _)| s == scan) else {
+                return Ok(Transformed::no(node));
+            };
+            let source = datafusion::datasource::provider_as_source(Arc::clone(replacement));
+            if scan.filters.is_empty() {
+                return Ok(Transformed::yes(LogicalPlan::TableScan(TableScan {
+                    source,
                     ..scan.clone()
-                }))),
-                None => Ok(Transformed::no(node)),
+                })));
             }
+            // Filters the original provider took as exact (a partition
+            // column's) are no longer above the scan, and the replacement
+            // applies none: they are put back above a scan of every column,
+            // then the scan's columns and row limit.
+            let mut builder = datafusion::logical_expr::LogicalPlanBuilder::scan(
+                scan.table_name.clone(),
+                source,
+                None,
+            )?;
+            if let Some(predicate) =
+                datafusion::logical_expr::utils::conjunction(scan.filters.clone())
+            {
+                builder = builder.filter(predicate)?;
+            }
+            let columns = scan.projected_schema.iter().map(|(q, f)| {
+                datafusion::logical_expr::Expr::Column(datafusion::common::Column::new(
+                    q.cloned(),
+                    f.name(),
+                ))
+            });
+            builder = builder.project(columns)?;
+            if let Some(fetch) = scan.fetch {
+                builder = builder.limit(0, Some(fetch))?;
+            }
+            Ok(Transformed::yes(builder.build()?))
         })
         .map(|t| t.data)
     }
@@ -270,6 +298,12 @@ impl ClientPlanner {
     ) -> Result<Option<Arc<dyn TableProvider>>> {
         // A recursive query's work table is the query's own, planned with it.
         if provider.is::<datafusion::datasource::cte_worktable::CteWorkTable>() {
+            return Ok(None);
+        }
+        // Encoded by datafusion-proto itself, never through the codec.
+        if provider.is::<datafusion::datasource::listing::ListingTable>()
+            || provider.is::<datafusion::datasource::view::ViewTable>()
+        {
             return Ok(None);
         }
         let partitions = if let Some(mem) = provider.downcast_ref::<MemTable>() {
@@ -303,8 +337,10 @@ impl ClientPlanner {
             return Ok(Some(Arc::new(MemTable::try_new(provider.schema(), partitions)?)));
         }
         if opts.stage_url.is_empty() {
+            let kind =
+                if provider.is::<MemTable>() { "in-memory table" } else { "client-side table" };
             return Err(DataFusionError::Plan(format!(
-                "the in-memory table {} holds {size} bytes, more than \
+                "the {kind} {} holds {size} bytes, more than \
                  sluice.memory_tables.inline_max_bytes ({}) that travel inside a plan; \
                  set sluice.memory_tables.stage_url to a folder or s3:// prefix every \
                  executor can read (it is written there for the query), or raise the limit",

@@ -28,6 +28,11 @@
 //!    partitions split wrongly. Where that happens a sort by the partition
 //!    and order keys is put under the window ([`sorted_window_inputs`]); it
 //!    changes nothing when the rows are constant, which is how it arises.
+//! 4. **CSV sinks write dates and timestamps.** `datafusion-proto` encodes an
+//!    unset CSV writer format as `""` and decodes it as the format `""`, so
+//!    a `COPY … STORED AS CSV` run on an executor wrote every date, time and
+//!    timestamp as an empty field (read back as NULL: wrong answers). An
+//!    empty format is put back to unset ([`csv_sinks_with_default_formats`]).
 //!
 //! Ballista's engine pools its shuffle-fetch clients in a private type, so
 //! this module has its own pool ([`ClientPool`]).
@@ -87,7 +92,7 @@ impl ExecutionEngine for SluiceExecutionEngine {
         work_dir: &str,
         config: &SessionConfig,
     ) -> Result<Arc<dyn QueryStageExecutor>> {
-        let plan = sorted_window_inputs(plan)?;
+        let plan = csv_sinks_with_default_formats(sorted_window_inputs(plan)?)?;
         let slots = metric_slots(plan.as_ref());
         let inner = self
             .inner
@@ -103,6 +108,65 @@ impl ExecutionEngine for SluiceExecutionEngine {
             .map_err(|e| sluice_sql::remote_error::carry(e, "executor"))?;
         Ok(Arc::new(SluiceStageExec { inner, slots }))
     }
+}
+
+/// `builder` with every empty date/time format unset (see the module docs).
+fn default_empty_formats(
+    builder: &datafusion::arrow::csv::WriterBuilder,
+) -> datafusion::arrow::csv::WriterBuilder {
+    use datafusion::arrow::csv::WriterBuilder;
+    let mut out = WriterBuilder::new()
+        .with_header(builder.header())
+        .with_delimiter(builder.delimiter())
+        .with_quote(builder.quote())
+        .with_escape(builder.escape())
+        .with_double_quote(builder.double_quote())
+        .with_null(builder.null().to_string())
+        .with_quote_style(builder.quote_style())
+        .with_ignore_leading_whitespace(builder.ignore_leading_whitespace())
+        .with_ignore_trailing_whitespace(builder.ignore_trailing_whitespace())
+        .with_line_terminator(builder.line_terminator().clone());
+    let set = |f: Option<&str>| f.filter(|f| !f.is_empty()).map(str::to_string);
+    if let Some(f) = set(builder.date_format()) {
+        out = out.with_date_format(f);
+    }
+    if let Some(f) = set(builder.datetime_format()) {
+        out = out.with_datetime_format(f);
+    }
+    if let Some(f) = set(builder.time_format()) {
+        out = out.with_time_format(f);
+    }
+    if let Some(f) = set(builder.timestamp_format()) {
+        out = out.with_timestamp_format(f);
+    }
+    if let Some(f) = set(builder.timestamp_tz_format()) {
+        out = out.with_timestamp_tz_format(f);
+    }
+    out
+}
+
+/// Every CSV sink of `plan` with its empty formats unset (see the module docs).
+fn csv_sinks_with_default_formats(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::datasource::file_format::csv::CsvSink;
+    use datafusion::datasource::physical_plan::FileSink as _;
+    use datafusion::datasource::sink::DataSinkExec;
+    plan.transform_up(|node| {
+        let Some(exec) = node.downcast_ref::<DataSinkExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(csv) = exec.sink().downcast_ref::<CsvSink>() else {
+            return Ok(Transformed::no(node));
+        };
+        let mut options = csv.writer_options().clone();
+        options.writer_options = default_empty_formats(&options.writer_options);
+        let sink = CsvSink::new(csv.config().clone(), options);
+        Ok(Transformed::yes(Arc::new(DataSinkExec::new(
+            Arc::clone(exec.input()),
+            Arc::new(sink),
+            exec.sort_order().clone(),
+        )) as Arc<dyn ExecutionPlan>))
+    })
+    .map(|t| t.data)
 }
 
 /// Whether a window over `input` with partition keys `partition_by` finds

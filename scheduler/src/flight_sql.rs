@@ -165,7 +165,17 @@ pub struct Backend {
 #[async_trait::async_trait]
 impl QueryBackend for Backend {
     async fn session(&self, session_id: &str) -> BallistaResult<Arc<SessionContext>> {
-        self.scheduler.session(session_id).await
+        let ctx = self.scheduler.session(session_id).await?;
+        // Flight SQL queries are planned here, with no client to evaluate
+        // uncorrelated scalar subqueries first (as `sluice sql` does): they
+        // become joins, as Ballista plans them.
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .enable_physical_uncorrelated_scalar_subquery = false;
+        Ok(ctx)
     }
 
     async fn close_session(&self, session_id: &str) -> BallistaResult<()> {

@@ -47,6 +47,13 @@ pub fn cluster_session_config() -> SessionConfig {
         .with_option_extension(SluiceOptions::default())
         .with_information_schema(true)
         .with_target_partitions(DEFAULT_CLUSTER_TARGET_PARTITIONS)
+        // Ballista turns this off so that uncorrelated scalar subqueries
+        // become joins (its `ScalarSubqueryExec` cannot cross stages), but
+        // the join form gives wrong answers (`SELECT (SELECT DISTINCT 42 …)`
+        // returned NULL and 42) and errors where DataFusion reports "more than
+        // one row". Sluice's client evaluates such subqueries first, each as
+        // a job of its own, and ships their values (`client::planner`).
+        .set_bool("datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery", true)
 }
 
 /// The reference engine's configuration: plain single-process DataFusion

@@ -29,7 +29,10 @@
 //! 4. **`IGNORE NULLS` of a window function is dropped** by the physical
 //!    expression's encoding: `lag(a) IGNORE NULLS OVER w` is planned as the
 //!    function `lag__ignore_nulls` ([`crate::udf::ignore_nulls`]), which
-//!    always ignores nulls ([`window_ignore_nulls`]).
+//!    always ignores nulls ([`window_ignore_nulls`]). Respecting nulls,
+//!    they are planned as `lag__forward` and the like, which the sort
+//!    optimizer may not reverse: the reversal flag is dropped by the same
+//!    encoding, and `lag` over rows sorted the other way came back a `lead`.
 //! 5. **Constant rows stall a job.** `SELECT 1 a UNION ALL SELECT 2 a`
 //!    plans as a union of `PlaceholderRowExec`s. Their partition counts do
 //!    not survive the plan encoding, Ballista restricts them per task by
@@ -302,12 +305,15 @@ pub fn window_ignore_nulls(plan: LogicalPlan) -> Result<LogicalPlan> {
                 let WindowFunctionDefinition::WindowUDF(udwf) = &wf.fun else {
                     return Ok(Transformed::no(Expr::WindowFunction(wf)));
                 };
-                if !ignores || !WRAPPED.contains(&udwf.name()) {
+                if !WRAPPED.contains(&udwf.name()) {
                     return Ok(Transformed::no(Expr::WindowFunction(wf)));
                 }
-                let wrapped = Arc::new(datafusion::logical_expr::WindowUDF::new_from_impl(
-                    IgnoreNulls::new(Arc::clone(udwf)),
-                ));
+                let wrapper = if ignores {
+                    IgnoreNulls::new(Arc::clone(udwf))
+                } else {
+                    IgnoreNulls::forward(Arc::clone(udwf))
+                };
+                let wrapped = Arc::new(datafusion::logical_expr::WindowUDF::new_from_impl(wrapper));
                 let WindowFunction { params, .. } = *wf;
                 Ok(Transformed::yes(Expr::from(WindowFunction {
                     fun: WindowFunctionDefinition::WindowUDF(wrapped),

@@ -109,6 +109,14 @@ fn former_wrong_answers_equal_local_datafusion() {
             false,
         ),
         (
+            "window functions next to a window in the other order (came back reversed)",
+            "CREATE TABLE w(id INT, a TEXT) AS VALUES (2, 'b'), (1, NULL), (3, NULL), (4, 'x'); \
+             SELECT id, lag(a, 2, 'def') OVER (ORDER BY id) AS l, \
+             nth_value(a, 2) OVER (ORDER BY id) AS n, last_value(a) OVER (ORDER BY id DESC) AS lv, \
+             sum(id) OVER (ORDER BY id DESC) AS s FROM w ORDER BY id",
+            false,
+        ),
+        (
             "window over a union of constant rows (hung)",
             "SELECT lead(a, 1, NULL) OVER (ORDER BY a) FROM (SELECT 1 a UNION ALL SELECT 2 a)",
             true,

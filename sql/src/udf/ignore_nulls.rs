@@ -10,6 +10,15 @@
 //! a call by the function `<name>__ignore_nulls`, which evaluates the inner
 //! function with nulls ignored whatever the expression says; the output
 //! column keeps its name. Executors find it by name in their registry.
+//!
+//! The same encoding drops a window function's `is_reversed` flag, which
+//! DataFusion's sort optimizer sets when it reuses a sort in the opposite
+//! direction (`lag(a) OVER (ORDER BY id)` next to `… OVER (ORDER BY id
+//! DESC)` is computed on the descending rows as a reversed `lag`):
+//! executors then computed `lag` on the reversed rows, a `lead`. So every
+//! call of these functions is planned through a wrapper, `<name>__forward`
+//! when it respects nulls, and the wrappers refuse to be reversed: the
+//! optimizer sorts their input the way the query asks instead.
 
 use std::sync::Arc;
 
@@ -24,23 +33,35 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr::PhysicalExpr;
 
-/// The suffix of the wrapped functions' names.
+/// The suffix of the wrapped functions' names, with `IGNORE NULLS`.
 pub const SUFFIX: &str = "__ignore_nulls";
+
+/// The suffix of the wrapped functions' names, respecting nulls.
+pub const FORWARD_SUFFIX: &str = "__forward";
 
 /// The window functions whose `IGNORE NULLS` is wrapped.
 pub const WRAPPED: [&str; 5] = ["lag", "lead", "first_value", "last_value", "nth_value"];
 
-/// A window function evaluated with `IGNORE NULLS`.
+/// A window function evaluated in the query's order, with `IGNORE NULLS`
+/// or without (see the module docs).
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct IgnoreNulls {
     inner: Arc<WindowUDF>,
     name: String,
+    ignore_nulls: bool,
 }
 
 impl IgnoreNulls {
+    /// `inner` with `IGNORE NULLS`.
     pub fn new(inner: Arc<WindowUDF>) -> Self {
         let name = format!("{}{SUFFIX}", inner.name());
-        Self { inner, name }
+        Self { inner, name, ignore_nulls: true }
+    }
+
+    /// `inner` respecting nulls, never reversed.
+    pub fn forward(inner: Arc<WindowUDF>) -> Self {
+        let name = format!("{}{FORWARD_SUFFIX}", inner.name());
+        Self { inner, name, ignore_nulls: false }
     }
 }
 
@@ -65,7 +86,7 @@ impl WindowUDFImpl for IgnoreNulls {
             args.input_exprs(),
             args.input_fields(),
             args.is_reversed(),
-            true,
+            self.ignore_nulls || args.ignore_nulls(),
         ))
     }
 
@@ -82,12 +103,8 @@ impl WindowUDFImpl for IgnoreNulls {
     }
 
     fn reverse_expr(&self) -> ReversedUDWF {
-        match self.inner.reverse_expr() {
-            ReversedUDWF::Reversed(reversed) => {
-                ReversedUDWF::Reversed(Arc::new(WindowUDF::new_from_impl(Self::new(reversed))))
-            }
-            other => other,
-        }
+        // A reversal would not reach executors (see the module docs).
+        ReversedUDWF::NotSupported
     }
 }
 
@@ -96,6 +113,11 @@ pub fn wrappers(functions: &[Arc<WindowUDF>]) -> Vec<Arc<WindowUDF>> {
     functions
         .iter()
         .filter(|f| WRAPPED.contains(&f.name()))
-        .map(|f| Arc::new(WindowUDF::new_from_impl(IgnoreNulls::new(Arc::clone(f)))))
+        .flat_map(|f| {
+            [
+                Arc::new(WindowUDF::new_from_impl(IgnoreNulls::new(Arc::clone(f)))),
+                Arc::new(WindowUDF::new_from_impl(IgnoreNulls::forward(Arc::clone(f)))),
+            ]
+        })
         .collect()
 }

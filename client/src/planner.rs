@@ -20,6 +20,9 @@
 //!   `LargeList` into `List`.
 //! - **Uncorrelated scalar subqueries** run first, as jobs of their own,
 //!   and their values go into the plan ([`ClientPlanner::scalar_subqueries`]).
+//! - **A statement over an unbounded stream** (`CREATE UNBOUNDED EXTERNAL
+//!   TABLE`) is planned and run here, by DataFusion: Ballista's stages need
+//!   bounded inputs.
 //! - **An empty relation** (`SELECT … WHERE false` once optimized) is
 //!   planned here with its schema: Ballista answers it with a zero-column
 //!   plan.
@@ -97,7 +100,17 @@ impl QueryPlanner for ClientPlanner {
             LogicalPlan::Explain(_) => {
                 self.remote.create_physical_plan(logical_plan, session).await
             }
+            // A stream is read by this process: Ballista's stages need
+            // bounded inputs. DataFusion plans and runs the statement here.
+            _ if reads_a_stream(logical_plan)? => {
+                self.local.create_physical_plan(logical_plan, session).await
+            }
             _ => {
+                // DataFusion cannot plan a LIMIT/OFFSET by a subquery; the
+                // subquery must not be evaluated into a literal first.
+                if has_subquery_limit(logical_plan)? {
+                    self.local.create_physical_plan(logical_plan, session).await?;
+                }
                 let plan = self.scalar_subqueries(logical_plan.clone(), session).await?;
                 let plan = self.client_tables(plan, session).await?;
                 // COPY keeps its options and its target means the client's path.
@@ -106,8 +119,13 @@ impl QueryPlanner for ClientPlanner {
                 // empty relations' columns).
                 let plan = sluice_sql::cluster_plan::for_the_wire(plan)?;
                 self.encodable(&plan, session).await?;
+                let hazard = if sluice_options(session).static_for_adaptive_hazards {
+                    sluice_sql::cluster_plan::adaptive_hazard(&plan)?
+                } else {
+                    None
+                };
                 let remote = self.remote.create_physical_plan(&plan, session).await?;
-                Ok(Arc::new(PlanTypesExec::new(remote)))
+                Ok(Arc::new(PlanTypesExec::new(remote).with_static_planner(hazard)))
             }
         }
     }
@@ -222,12 +240,7 @@ impl ClientPlanner {
     /// `plan` with every scan of a client-side table the cluster cannot
     /// read as it is replaced by one it can (see the module docs).
     async fn client_tables(&self, plan: LogicalPlan, session: &dyn Session) -> Result<LogicalPlan> {
-        let opts = session
-            .config_options()
-            .extensions
-            .get::<sluice_sql::options::SluiceOptions>()
-            .cloned()
-            .unwrap_or_default();
+        let opts = sluice_options(session);
         // Collect the scans first: the rewrite itself cannot await.
         let mut replacements = Vec::new();
         plan.apply_with_subqueries(|node| {
@@ -322,8 +335,8 @@ impl ClientPlanner {
             if datafusion::physical_plan::ExecutionPlanProperties::boundedness(&exec).is_unbounded()
             {
                 return Err(DataFusionError::NotImplemented(format!(
-                    "the unbounded table {} cannot be read by the cluster (its rows are \
-                     read in this client); run the query without --scheduler",
+                    "the unbounded table {} cannot be read by the cluster: Ballista's \
+                     stages need bounded inputs",
                     scan.table_name
                 )));
             }
@@ -349,6 +362,53 @@ impl ClientPlanner {
         }
         stage(session, &opts.stage_url, provider.schema(), partitions).await.map(Some)
     }
+}
+
+/// Whether `plan` scans an unbounded stream (`CREATE UNBOUNDED EXTERNAL
+/// TABLE`, a FIFO).
+fn reads_a_stream(plan: &LogicalPlan) -> Result<bool> {
+    any_node(plan, |node| {
+        Ok(match node {
+            LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)?
+                .is::<datafusion::datasource::stream::StreamTable>(),
+            _ => false,
+        })
+    })
+}
+
+/// Whether a `LIMIT` or `OFFSET` of `plan` is not a constant.
+fn has_subquery_limit(plan: &LogicalPlan) -> Result<bool> {
+    use datafusion::logical_expr::{FetchType, SkipType};
+    any_node(plan, |node| {
+        Ok(match node {
+            LogicalPlan::Limit(limit) => {
+                matches!(limit.get_fetch_type(), Ok(FetchType::UnsupportedExpr))
+                    || matches!(limit.get_skip_type(), Ok(SkipType::UnsupportedExpr))
+            }
+            _ => false,
+        })
+    })
+}
+
+/// Whether `f` holds for a node of `plan` or of its subqueries.
+fn any_node(plan: &LogicalPlan, mut f: impl FnMut(&LogicalPlan) -> Result<bool>) -> Result<bool> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        found = f(node)?;
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    })?;
+    Ok(found)
+}
+
+/// The session's `sluice.*` options (defaults when not registered).
+fn sluice_options(session: &dyn Session) -> sluice_sql::options::SluiceOptions {
+    session
+        .config_options()
+        .extensions
+        .get::<sluice_sql::options::SluiceOptions>()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Writes `partitions` as Parquet files (one per partition) under a fresh
@@ -419,54 +479,21 @@ impl QueryPlanner for LocalPlanner {
 #[derive(Debug)]
 pub struct PlanTypesExec {
     input: Arc<dyn ExecutionPlan>,
+    /// Why the job must run on Ballista's static planner, if it must
+    /// (`sluice_sql::cluster_plan::adaptive_hazard`).
+    static_planner: Option<String>,
 }
 
 impl PlanTypesExec {
     pub fn new(input: Arc<dyn ExecutionPlan>) -> Self {
-        Self { input }
+        Self { input, static_planner: None }
     }
-}
 
-/// `batch` with the columns of `schema`'s types (cast where they differ).
-///
-/// # Errors
-/// A cast Arrow cannot do.
-pub fn to_plan_types(
-    batch: datafusion::arrow::record_batch::RecordBatch,
-    schema: &datafusion::arrow::datatypes::SchemaRef,
-) -> Result<datafusion::arrow::record_batch::RecordBatch> {
-    use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
-    if batch.schema() == *schema || batch.schema().fields().len() != schema.fields().len() {
-        return Ok(batch);
-    }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(Arc::clone(c))
-            } else {
-                datafusion::arrow::compute::cast(c, f.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    // The plan's schema (nullability included) when the data fits it; the
-    // cast columns under their own fields otherwise.
-    match RecordBatch::try_new_with_options(Arc::clone(schema), columns.clone(), &options) {
-        Ok(b) => Ok(b),
-        Err(_) => {
-            let fields: Vec<_> = columns
-                .iter()
-                .zip(schema.fields())
-                .map(|(c, f)| {
-                    f.as_ref().clone().with_data_type(c.data_type().clone()).with_nullable(true)
-                })
-                .collect();
-            let own = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
-            Ok(RecordBatch::try_new_with_options(own, columns, &options)?)
-        }
+    /// The job is submitted with `ballista.planner.adaptive.enabled=false`
+    /// when `reason` is given.
+    pub fn with_static_planner(mut self, reason: Option<String>) -> Self {
+        self.static_planner = reason;
+        self
     }
 }
 
@@ -509,7 +536,7 @@ impl ExecutionPlan for PlanTypesExec {
         let input = children
             .pop()
             .ok_or_else(|| DataFusionError::Internal("PlanTypesExec needs its input".into()))?;
-        Ok(Arc::new(Self::new(input)))
+        Ok(Arc::new(Self { input, static_planner: self.static_planner.clone() }))
     }
 
     fn execute(
@@ -519,11 +546,33 @@ impl ExecutionPlan for PlanTypesExec {
     ) -> Result<datafusion::physical_plan::SendableRecordBatchStream> {
         use futures::StreamExt;
         let schema = self.input.schema();
+        // The job's settings are the task context's session settings.
+        use ballista_core::extension::SessionConfigExt;
+        let context = match &self.static_planner {
+            Some(reason) if context.session_config().ballista_adaptive_query_planner_enabled() => {
+                tracing::debug!(%reason, "the job runs on Ballista's static planner");
+                let mut config = context.session_config().clone();
+                config
+                    .options_mut()
+                    .set(ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED, "false")?;
+                Arc::new(datafusion::execution::TaskContext::new(
+                    context.task_id(),
+                    context.session_id(),
+                    config,
+                    context.scalar_functions().clone(),
+                    context.higher_order_functions().clone(),
+                    context.aggregate_functions().clone(),
+                    context.window_functions().clone(),
+                    context.runtime_env(),
+                ))
+            }
+            _ => context,
+        };
         let stream = self.input.execute(partition, context)?;
         let typed = Arc::clone(&schema);
         Ok(Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
             schema,
-            stream.map(move |b| b.and_then(|b| to_plan_types(b, &typed))),
+            stream.map(move |b| b.and_then(|b| sluice_sql::typed::to_plan_types(b, &typed))),
         )))
     }
 }

@@ -1,5 +1,5 @@
-//! The executor's execution engine: Ballista's default engine with two
-//! fixes at its edges.
+//! The executor's execution engine: Ballista's default engine with fixes
+//! at its edges.
 //!
 //! 1. **Errors keep their type.** Ballista turns a failed task into the
 //!    text of its `{:?}` form, which reaches the client wrapped twice. A
@@ -33,6 +33,11 @@
 //!    a `COPY … STORED AS CSV` run on an executor wrote every date, time and
 //!    timestamp as an empty field (read back as NULL: wrong answers). An
 //!    empty format is put back to unset ([`csv_sinks_with_default_formats`]).
+//!
+//! 5. **Shuffle reads keep their types.** A partition fetched from another
+//!    executor over Arrow Flight arrives with dictionaries as their values;
+//!    each shuffle read is cast back to its declared schema
+//!    ([`typed_shuffle_reads`], [`sluice_sql::typed`]).
 //!
 //! Ballista's engine pools its shuffle-fetch clients in a private type, so
 //! this module has its own pool ([`ClientPool`]).
@@ -93,6 +98,12 @@ impl ExecutionEngine for SluiceExecutionEngine {
         config: &SessionConfig,
     ) -> Result<Arc<dyn QueryStageExecutor>> {
         let plan = csv_sinks_with_default_formats(sorted_window_inputs(plan)?)?;
+        let plan = typed_shuffle_reads(plan)?;
+        tracing::debug!(
+            job = %job_id, stage_id, task_id,
+            plan = %datafusion::physical_plan::displayable(plan.as_ref()).indent(true),
+            "stage plan on this executor"
+        );
         let slots = metric_slots(plan.as_ref());
         let inner = self
             .inner
@@ -226,6 +237,21 @@ fn sorted_window_inputs(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executio
             vec![sorted],
             ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
         )?))
+    })
+    .map(|t| t.data)
+}
+
+/// Every shuffle read in the types the plan declares
+/// ([`sluice_sql::typed`]): a partition fetched from another executor
+/// arrives with its dictionaries hydrated.
+fn typed_shuffle_reads(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        use ballista_core::execution_plans::{RangeShuffleReaderExec, ShuffleReaderExec};
+        if node.is::<ShuffleReaderExec>() || node.is::<RangeShuffleReaderExec>() {
+            Ok(Transformed::yes(Arc::new(sluice_sql::typed::TypedExec::new(node))))
+        } else {
+            Ok(Transformed::no(node))
+        }
     })
     .map(|t| t.data)
 }

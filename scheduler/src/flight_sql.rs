@@ -196,7 +196,25 @@ impl QueryBackend for Backend {
             name: name.clone(),
             armed: true,
         };
-        let result = self.scheduler.execute(&name, Arc::clone(&ctx), plan.clone()).await;
+        // Shapes Ballista's adaptive planner gets wrong run on its static one.
+        let hazard = if sluice_sql::options::of_session(&ctx).static_for_adaptive_hazards {
+            sluice_sql::cluster_plan::adaptive_hazard(&ctx.state().optimize(&plan)?)?
+        } else {
+            None
+        };
+        let job_ctx = match hazard {
+            Some(reason) => {
+                tracing::debug!(%reason, "the job runs on Ballista's static planner");
+                let mut state = ctx.state();
+                state
+                    .config_mut()
+                    .options_mut()
+                    .set(ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED, "false")?;
+                Arc::new(SessionContext::new_with_state(state))
+            }
+            None => Arc::clone(&ctx),
+        };
+        let result = self.scheduler.execute(&name, job_ctx, plan.clone()).await;
         guard.disarm();
         // An error raised on an executor, as DataFusion raised it (Ballista
         // hands on its debug text, wrapped twice).

@@ -4,7 +4,7 @@
 //!
 //! Each rewrite answers an upstream bug, found by DataFusion's own
 //! sqllogictest corpus on the cluster (`tests/tests/corpus.rs`); the
-//! reproductions are in `tests/README.md`:
+//! reproductions are in `tests/README.md` ("Upstream bugs the corpus found"):
 //!
 //! 1. **An unbounded `LIMIT` arrives bounded.** datafusion-proto encodes a
 //!    logical `Limit` without fetch as fetch `i64::MAX` and decodes it as
@@ -46,8 +46,41 @@
 //! 6. **A recursive query finds its work table empty.** Its recursive term
 //!    reads what the previous iteration wrote, through a table shared in
 //!    one process; a shuffle inside the term puts the reader in another
-//!    stage ("Unexpected empty work table"). A plan with a recursive query
-//!    is planned in one partition, so nothing inside it is shuffled.
+//!    stage ("Unexpected empty work table"), and Ballista's static planner
+//!    gives each side of a join inside the term a stage of its own. A plan
+//!    with a recursive query is planned in one partition and each recursive
+//!    query runs whole inside one task ([`recursive_in_process`]).
+//!
+//! Two settings are overridden for the physical plan's encoding:
+//! `Float16` literals the scheduler's optimizer folded from the client's
+//! casts (see [`for_the_wire`]) are cast again, and
+//! `datafusion.optimizer.enable_piecewise_merge_join` is off
+//! (datafusion-proto has no message for `PiecewiseMergeJoinExec`; the join
+//! is planned as a nested-loop join, with the same rows).
+//!
+//! 7. **A nested-loop join emitted its build rows once per task.** A
+//!    join with no equality key that is `LEFT`, `FULL`, semi, anti or mark
+//!    emits its build (left) rows after the probe side is done, from a
+//!    record of matched rows that DataFusion shares between the join's
+//!    partitions in one process. Split into tasks, each task kept its own
+//!    record and emitted the rows again: `WHERE EXISTS (… OR EXISTS …)`
+//!    returned every row two or four times, on both Ballista planners. Such
+//!    a join runs as one task ([`single_task_nested_loop_joins`]).
+//! 8. **A sort or window over a `UNION` stalled the adaptive planner.**
+//!    Each branch is sorted and the branches merged; the exchange Ballista's
+//!    adaptive planner puts above the union forgets the per-branch
+//!    constants the merge order relies on, its re-planning after the first
+//!    stage fails the plan (`SanityCheckPlan`) and the job never finished.
+//!    Such a job runs on Ballista's static planner ([`adaptive_hazard`]; the
+//!    client turns `ballista.planner.adaptive.enabled` off for that job).
+//!    So does a sort by a dictionary column: the adaptive planner merges
+//!    sorted partitions inside its range-shuffle reader, which fetches other
+//!    executors' partitions over Arrow Flight with their dictionaries turned
+//!    into values, and its merge failed ("RowConverter column schema
+//!    mismatch"); the static planner's shuffle reads are cast back to their
+//!    types on the executor. And a recursive query: the adaptive planner re-plans with the
+//!    session's partition count and puts shuffles inside its recursive
+//!    term (rewrite 6).
 //!
 //! Errors of planning are carried to the client as DataFusion raised them
 //! ([`crate::remote_error`]).
@@ -87,15 +120,27 @@ impl QueryPlanner for ClusterQueryPlanner {
             // planned in one partition (no shuffle inside it).
             let recursive =
                 plan.exists(|p| Ok(matches!(p, LogicalPlan::RecursiveQuery(_)))).unwrap_or(false);
-            if recursive
-                && let Some(state) =
-                    session.as_any().downcast_ref::<datafusion::execution::context::SessionState>()
+            let options = session.config_options();
+            // datafusion-proto has no message for `PiecewiseMergeJoinExec`:
+            // such joins are planned as nested-loop joins (same rows).
+            let piecewise = options.optimizer.enable_piecewise_merge_join;
+            let physical = match session
+                .as_any()
+                .downcast_ref::<datafusion::execution::context::SessionState>()
             {
-                let mut state = state.clone();
-                state.config_mut().options_mut().execution.target_partitions = 1;
-                return SluiceQueryPlanner.create_physical_plan(&plan, &state).await;
-            }
-            SluiceQueryPlanner.create_physical_plan(&plan, session).await
+                Some(state) if recursive || piecewise => {
+                    let mut state = state.clone();
+                    let options = state.config_mut().options_mut();
+                    if recursive {
+                        options.execution.target_partitions = 1;
+                    }
+                    options.optimizer.enable_piecewise_merge_join = false;
+                    SluiceQueryPlanner.create_physical_plan(&plan, &state).await?
+                }
+                _ => SluiceQueryPlanner.create_physical_plan(&plan, session).await?,
+            };
+            let physical = single_task_nested_loop_joins(physical)?;
+            if recursive { recursive_in_process(physical) } else { Ok(physical) }
         };
         planned.await.map_err(|e| crate::remote_error::carry(e, "scheduler"))
     }
@@ -111,7 +156,9 @@ impl QueryPlanner for ClusterQueryPlanner {
 /// - an empty relation with columns (`… WHERE 1 = 0` once optimized)
 ///   becomes a limit 0 over one row of typed NULLs with the same columns:
 ///   the encoding keeps no schema for an empty relation, and the scheduler
-///   failed on "No field named a".
+///   failed on "No field named a";
+/// - an aggregate over columns extracted from struct fields is named by an
+///   alias ([`extracted_aggregate_names`]).
 ///
 /// Output names are kept.
 pub fn for_the_wire(plan: LogicalPlan) -> Result<LogicalPlan> {
@@ -125,7 +172,45 @@ pub fn for_the_wire(plan: LogicalPlan) -> Result<LogicalPlan> {
             _ => Ok(Transformed::no(node)),
         })?
         .data;
+    let plan = extracted_aggregate_names(plan)?;
     wire_literals(plan)
+}
+
+/// Aggregates over columns DataFusion's optimizer extracted from struct
+/// field accesses (`__datafusion_extracted_N`) keep their output names
+/// through the plan encoding: decoded, the aggregate's name qualifies the
+/// extracted columns (`sum(CASE WHEN t2.__datafusion_extracted_1 …)`) where
+/// the projection above refers to it unqualified, and the scheduler could
+/// not parse the plan ("No field named sum(CASE WHEN
+/// __datafusion_extracted_1 …)"). Each such aggregate is given its name as
+/// an alias.
+fn extracted_aggregate_names(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::logical_expr::Aggregate;
+    plan.transform_up_with_subqueries(|node| {
+        let LogicalPlan::Aggregate(agg) = &node else { return Ok(Transformed::no(node)) };
+        let extracted =
+            |e: &Expr| e.column_refs().iter().any(|c| c.name.starts_with("__datafusion_extracted"));
+        if !agg.aggr_expr.iter().any(|e| !matches!(e, Expr::Alias(_)) && extracted(e)) {
+            return Ok(Transformed::no(node));
+        }
+        let groups = agg.group_expr_len()?;
+        let aggr_expr = agg
+            .aggr_expr
+            .iter()
+            .enumerate()
+            .map(|(i, e)| match e {
+                Expr::Alias(_) => e.clone(),
+                _ if extracted(e) => e.clone().alias(agg.schema.field(groups + i).name()),
+                _ => e.clone(),
+            })
+            .collect();
+        Ok(Transformed::yes(LogicalPlan::Aggregate(Aggregate::try_new(
+            Arc::clone(&agg.input),
+            agg.group_expr.clone(),
+            aggr_expr,
+        )?)))
+    })
+    .map(|t| t.data)
 }
 
 /// No rows, with `schema`'s columns (names, qualifiers, types).
@@ -176,6 +261,9 @@ fn wire_literals(plan: LogicalPlan) -> Result<LogicalPlan> {
 /// # Errors
 /// A filtered window aggregate that cannot be rewritten.
 pub fn for_cluster(plan: LogicalPlan) -> Result<LogicalPlan> {
+    // The scheduler's optimizer folded the client's casts back into
+    // `Float16` literals: cast again, for the physical plan's encoding.
+    let plan = wire_literals(plan)?;
     let plan = unbounded_fetches(plan)?;
     let plan = constant_unions(plan)?;
     let plan = limited_values(plan)?;
@@ -493,6 +581,112 @@ pub fn constant_unions(plan: LogicalPlan) -> Result<LogicalPlan> {
     .map(|t| t.data)
 }
 
+/// Rewrite 7: each nested-loop join that emits build rows at its end is
+/// wrapped to run as one task ([`crate::single_task`]).
+///
+/// # Errors
+/// Not expected: the wrapper takes any nested-loop join.
+pub fn single_task_nested_loop_joins(
+    plan: Arc<dyn ExecutionPlan>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    use crate::single_task::{SingleTaskJoinExec, emits_build_rows_at_end};
+    use datafusion::physical_plan::ExecutionPlanProperties;
+    use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+    use datafusion::physical_plan::joins::NestedLoopJoinExec;
+    plan.transform_up(|node| match node.downcast_ref::<NestedLoopJoinExec>() {
+        Some(join) if emits_build_rows_at_end(*join.join_type()) => {
+            // Inputs merged here for the static planner (the adaptive one
+            // merges them again as the wrapper requires).
+            let children = join
+                .children()
+                .into_iter()
+                .map(|c| {
+                    if c.output_partitioning().partition_count() > 1 {
+                        Arc::new(CoalescePartitionsExec::new(Arc::clone(c)))
+                            as Arc<dyn ExecutionPlan>
+                    } else {
+                        Arc::clone(c)
+                    }
+                })
+                .collect();
+            let join = datafusion::physical_plan::execution_plan::replace_children_if_necessary(
+                Arc::clone(&node),
+                children,
+            )?;
+            Ok(Transformed::yes(Arc::new(SingleTaskJoinExec::try_new(join)?)))
+        }
+        _ => Ok(Transformed::no(node)),
+    })
+    .map(|t| t.data)
+}
+
+/// Rewrite 6: each recursive query (with what it reads) runs whole in one
+/// task ([`crate::single_task::InProcessExec`]).
+///
+/// # Errors
+/// Not expected: wrapping cannot fail.
+pub fn recursive_in_process(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::physical_plan::recursive_query::RecursiveQueryExec;
+    plan.transform_down(|node| {
+        if node.is::<RecursiveQueryExec>() {
+            let wrapped: Arc<dyn ExecutionPlan> =
+                Arc::new(crate::single_task::InProcessExec::new(node));
+            Ok(Transformed::new(wrapped, true, TreeNodeRecursion::Jump))
+        } else {
+            Ok(Transformed::no(node))
+        }
+    })
+    .map(|t| t.data)
+}
+
+/// Why Ballista's adaptive planner would never finish `plan` (rewrite 8
+/// of the module docs), or `None`.
+///
+/// # Errors
+/// Walking the plan's subqueries failed.
+pub fn adaptive_hazard(plan: &LogicalPlan) -> Result<Option<String>> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    // The node under projections, aliases and filters.
+    fn below(plan: &LogicalPlan) -> &LogicalPlan {
+        match plan {
+            LogicalPlan::Projection(p) => below(&p.input),
+            LogicalPlan::SubqueryAlias(a) => below(&a.input),
+            LogicalPlan::Filter(f) => below(&f.input),
+            other => other,
+        }
+    }
+    let mut hazard = None;
+    plan.apply_with_subqueries(|node| {
+        hazard = match node {
+            LogicalPlan::Sort(s) if matches!(below(&s.input), LogicalPlan::Union(_)) => {
+                Some("a sort over a UNION".to_string())
+            }
+            LogicalPlan::Window(w) if matches!(below(&w.input), LogicalPlan::Union(_)) => {
+                Some("a window over a UNION".to_string())
+            }
+            LogicalPlan::Sort(s)
+                if s.expr.iter().any(|e| {
+                    datafusion::logical_expr::ExprSchemable::get_type(
+                        &e.expr,
+                        s.input.schema().as_ref(),
+                    )
+                    .is_ok_and(|t| {
+                        matches!(t, datafusion::arrow::datatypes::DataType::Dictionary(..))
+                    })
+                }) =>
+            {
+                Some("a sort by a dictionary column".to_string())
+            }
+            // Its re-planning shuffles inside the recursive term (rewrite 6).
+            LogicalPlan::RecursiveQuery(_) => Some("a recursive query".to_string()),
+            _ => None,
+        };
+        Ok(if hazard.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    })?;
+    Ok(hazard)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,5 +781,18 @@ mod tests {
         let plan = optimized("SELECT array_agg(x) FILTER (WHERE x > 1) OVER () FROM t").await;
         let err = window_filters(plan).expect_err("array_agg keeps NULLs");
         assert!(err.to_string().contains("array_agg"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn sorts_over_unions_are_adaptive_hazards() {
+        let hazard = |sql: &'static str| async move {
+            adaptive_hazard(&optimized(sql).await).expect("walk")
+        };
+        let found =
+            hazard("SELECT 2 AS a, x FROM t UNION ALL SELECT 1, x FROM t ORDER BY a, x").await;
+        assert_eq!(found.as_deref(), Some("a sort over a UNION"));
+        let found = hazard("SELECT x FROM t UNION ALL SELECT k FROM t ORDER BY 1 LIMIT 2").await;
+        assert_eq!(found.as_deref(), Some("a sort over a UNION"));
+        assert_eq!(hazard("SELECT * FROM t JOIN t u ON t.x > u.k ORDER BY 1").await, None);
     }
 }

@@ -24,9 +24,11 @@ pub mod recursive;
 pub mod remote_error;
 pub mod roots;
 pub mod session;
+pub mod single_task;
 pub mod skew;
 pub mod tables;
 pub mod tpch;
+pub mod typed;
 pub mod udf;
 pub mod write;
 

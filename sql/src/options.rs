@@ -32,6 +32,11 @@ pub struct SluiceOptions {
     /// written for executors to read (a folder or `s3://` prefix every
     /// executor can read); empty: larger tables are an error.
     pub stage_url: String,
+    /// `sluice.planner.static_for_adaptive_hazards`: a job of a shape
+    /// Ballista's adaptive planner cannot finish runs on its static planner
+    /// (`crate::cluster_plan::adaptive_hazard`); false keeps the adaptive
+    /// planner (to reproduce the upstream bug).
+    pub static_for_adaptive_hazards: bool,
 }
 
 impl Default for SluiceOptions {
@@ -42,11 +47,12 @@ impl Default for SluiceOptions {
             skew_buckets: 32,
             inline_max_bytes: crate::inline::DEFAULT_INLINE_MAX_BYTES,
             stage_url: String::new(),
+            static_for_adaptive_hazards: true,
         }
     }
 }
 
-const KEYS: [(&str, &str); 5] = [
+const KEYS: [(&str, &str); 6] = [
     ("skew.enabled", "Detect hot join/grouping keys and salt them (true|false)."),
     ("skew.hot_key_share", "A key is hot above this share of its input's rows, in (0, 1)."),
     (
@@ -60,6 +66,10 @@ const KEYS: [(&str, &str); 5] = [
     (
         "memory_tables.stage_url",
         "Folder or s3:// prefix every executor can read, where larger in-memory tables are written for a query (empty: they are an error).",
+    ),
+    (
+        "planner.static_for_adaptive_hazards",
+        "Run a job whose shape Ballista's adaptive planner cannot finish (a sort or window over a UNION, a sort by a dictionary column, a recursive query) on its static planner (true|false).",
     ),
 ];
 
@@ -117,6 +127,12 @@ impl ExtensionOptions for SluiceOptions {
                     .map_err(|_| invalid(key, value, "a number of bytes, e.g. 4194304"))?;
             }
             "memory_tables.stage_url" => self.stage_url = v.to_string(),
+            "planner.static_for_adaptive_hazards" => {
+                self.static_for_adaptive_hazards = v
+                    .to_ascii_lowercase()
+                    .parse()
+                    .map_err(|_| invalid(key, value, "true or false"))?;
+            }
             _ => {
                 let known: Vec<String> = KEYS.iter().map(|(k, _)| format!("sluice.{k}")).collect();
                 return Err(DataFusionError::Configuration(format!(
@@ -135,6 +151,7 @@ impl ExtensionOptions for SluiceOptions {
             self.skew_buckets.to_string(),
             self.inline_max_bytes.to_string(),
             self.stage_url.clone(),
+            self.static_for_adaptive_hazards.to_string(),
         ];
         KEYS.iter()
             .zip(values)

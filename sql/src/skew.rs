@@ -60,17 +60,26 @@ fn saltable(join_type: JoinType) -> bool {
 }
 
 /// Whether `plan` only scans, filters, projects and aliases (so counting its
-/// key reads one column and does not recompute joins or aggregations).
+/// key reads one column and does not recompute joins or aggregations), and
+/// not a recursive query's work table.
 fn plain_scan(plan: &LogicalPlan) -> bool {
     let mut plain = true;
     let _ = plan.apply(|p| {
-        if !matches!(
-            p,
-            LogicalPlan::TableScan(_)
-                | LogicalPlan::Filter(_)
-                | LogicalPlan::Projection(_)
-                | LogicalPlan::SubqueryAlias(_)
-        ) {
+        // A recursive query's work table has rows only while the query
+        // runs: the join's input cannot be sampled on its own.
+        let work_table = matches!(p, LogicalPlan::TableScan(scan)
+        if datafusion::datasource::source_as_provider(&scan.source).is_ok_and(|t| {
+            t.is::<datafusion::datasource::cte_worktable::CteWorkTable>()
+        }));
+        if work_table
+            || !matches!(
+                p,
+                LogicalPlan::TableScan(_)
+                    | LogicalPlan::Filter(_)
+                    | LogicalPlan::Projection(_)
+                    | LogicalPlan::SubqueryAlias(_)
+            )
+        {
             plain = false;
             return Ok(TreeNodeRecursion::Stop);
         }

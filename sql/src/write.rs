@@ -359,8 +359,9 @@ fn count_batch(count: u64) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(count_schema(), vec![column])?)
 }
 
-/// Ballista's physical codec plus [`ParallelSinkExec`] and recursive
-/// queries ([`crate::recursive`]). Register it on the
+/// Ballista's physical codec plus [`ParallelSinkExec`], recursive
+/// queries ([`crate::recursive`]) and single-task joins
+/// ([`crate::single_task`]). Register it on the
 /// scheduler and every executor (`override_physical_codec`).
 #[derive(Debug, Default)]
 pub struct SluiceCodec {
@@ -382,6 +383,16 @@ impl PhysicalExtensionCodec for SluiceCodec {
         if let Some(plan) = crate::recursive::try_decode(buf, inputs)? {
             return Ok(plan);
         }
+        if let Some(body) = buf.strip_prefix(crate::single_task::IN_PROCESS_TAG) {
+            let inner = physical_plan_from_bytes_with_extension_codec(body, ctx, self)?;
+            return Ok(Arc::new(crate::single_task::InProcessExec::new(inner)));
+        }
+        if let Some(body) = buf.strip_prefix(crate::single_task::SINGLE_TASK_JOIN_TAG) {
+            let template = physical_plan_from_bytes_with_extension_codec(body, ctx, self)?;
+            return Ok(Arc::new(crate::single_task::SingleTaskJoinExec::from_template(
+                template, inputs,
+            )?));
+        }
         let Some(body) = buf.strip_prefix(PARALLEL_SINK_TAG) else {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
@@ -402,6 +413,18 @@ impl PhysicalExtensionCodec for SluiceCodec {
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
         if crate::recursive::try_encode(&node, buf)? {
+            return Ok(());
+        }
+        if let Some(exec) = node.downcast_ref::<crate::single_task::InProcessExec>() {
+            let body = physical_plan_to_bytes_with_extension_codec(Arc::clone(exec.inner()), self)?;
+            buf.extend_from_slice(crate::single_task::IN_PROCESS_TAG);
+            buf.extend_from_slice(&body);
+            return Ok(());
+        }
+        if let Some(exec) = node.downcast_ref::<crate::single_task::SingleTaskJoinExec>() {
+            let body = physical_plan_to_bytes_with_extension_codec(exec.template()?, self)?;
+            buf.extend_from_slice(crate::single_task::SINGLE_TASK_JOIN_TAG);
+            buf.extend_from_slice(&body);
             return Ok(());
         }
         let Some(exec) = node.downcast_ref::<ParallelSinkExec>() else {

@@ -39,6 +39,10 @@
 //!    each shuffle read is cast back to its declared schema
 //!    ([`typed_shuffle_reads`], [`sluice_sql::typed`]).
 //!
+//! 6. **A dictionary of dictionaries crosses a shuffle** as a dictionary of
+//!    the inner values, which Arrow IPC can encode, and is cast back where
+//!    it is read ([`ipc_stage_output`]).
+//!
 //! Ballista's engine pools its shuffle-fetch clients in a private type, so
 //! this module has its own pool ([`ClientPool`]).
 
@@ -98,7 +102,7 @@ impl ExecutionEngine for SluiceExecutionEngine {
         config: &SessionConfig,
     ) -> Result<Arc<dyn QueryStageExecutor>> {
         let plan = csv_sinks_with_default_formats(sorted_window_inputs(plan)?)?;
-        let plan = typed_shuffle_reads(plan)?;
+        let plan = ipc_stage_output(typed_shuffle_reads(plan)?)?;
         tracing::debug!(
             job = %job_id, stage_id, task_id,
             plan = %datafusion::physical_plan::displayable(plan.as_ref()).indent(true),
@@ -254,6 +258,20 @@ fn typed_shuffle_reads(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Execution
         }
     })
     .map(|t| t.data)
+}
+
+/// The stage's output in types Arrow IPC can encode: the shuffle writer at
+/// the root writes IPC files, which cannot hold a dictionary of
+/// dictionaries; readers and the client cast back ([`sluice_sql::typed`]).
+fn ipc_stage_output(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let [input] = plan.children()[..] else { return Ok(plan) };
+    let Some(flat) = sluice_sql::typed::TypedExec::for_ipc(Arc::clone(input)) else {
+        return Ok(plan);
+    };
+    plan.replace_children(
+        vec![Arc::new(flat)],
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+    )
 }
 
 /// What each node of a plan contributes to the task's metric list, in the

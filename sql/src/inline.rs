@@ -86,15 +86,21 @@ pub fn size_of(partitions: &[Vec<RecordBatch>]) -> usize {
 /// `partitions` as an `InlineTable` message.
 fn encode_partitions(schema: &SchemaRef, partitions: &[Vec<RecordBatch>]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(partitions.len());
+    // Types IPC cannot encode travel flat and are cast back on decode.
+    let ipc = crate::typed::ipc_schema(schema);
+    let written = ipc.as_ref().unwrap_or(schema);
     for batches in partitions {
         let mut buf = Vec::new();
         {
-            let mut writer = StreamWriter::try_new(&mut buf, schema)?;
+            let mut writer = StreamWriter::try_new(&mut buf, written)?;
             // One message per partition: `INSERT`s leave many small batches.
-            if batches.len() > 1 {
-                writer.write(&datafusion::arrow::compute::concat_batches(schema, batches)?)?;
-            } else if let Some(b) = batches.first() {
-                writer.write(b)?;
+            let batch = if batches.len() > 1 {
+                Some(datafusion::arrow::compute::concat_batches(schema, batches)?)
+            } else {
+                batches.first().cloned()
+            };
+            if let Some(b) = batch {
+                writer.write(&crate::typed::to_plan_types(b, written)?)?;
             }
             writer.finish()?;
         }
@@ -118,7 +124,7 @@ fn decode_partitions(buf: &[u8], schema: &SchemaRef) -> Result<Vec<Vec<RecordBat
         for b in reader {
             // The table's schema (field names and nullability as planned),
             // not the one the stream was written with.
-            let b = b?;
+            let b = crate::typed::to_plan_types(b?, schema)?;
             batches.push(RecordBatch::try_new(Arc::clone(schema), b.columns().to_vec())?);
         }
         partitions.push(batches);
@@ -183,9 +189,31 @@ impl TableProvider for InlineTable {
         // No filter is pushed into this table, so a limit here counts rows
         // of the table itself.
         let partitions = truncate(&self.partitions, limit);
-        let source = MemorySourceConfig::try_new(&partitions, self.schema(), projection.cloned())?
-            .with_limit(limit);
-        Ok(DataSourceExec::from_data_source(source))
+        // The scan's rows are encoded as IPC to reach executors: types IPC
+        // cannot hold are scanned flat and cast back above the scan.
+        let Some(flat) = crate::typed::ipc_schema(&self.schema) else {
+            let source =
+                MemorySourceConfig::try_new(&partitions, self.schema(), projection.cloned())?
+                    .with_limit(limit);
+            return Ok(DataSourceExec::from_data_source(source));
+        };
+        let partitions = partitions
+            .into_iter()
+            .map(|batches| {
+                batches.into_iter().map(|b| crate::typed::to_plan_types(b, &flat)).collect()
+            })
+            .collect::<Result<Vec<Vec<RecordBatch>>>>()?;
+        let source =
+            MemorySourceConfig::try_new(&partitions, Arc::clone(&flat), projection.cloned())?
+                .with_limit(limit);
+        let declared = match projection {
+            Some(p) => Arc::new(self.schema.project(p)?),
+            None => self.schema(),
+        };
+        Ok(Arc::new(crate::typed::TypedExec::with_schema(
+            DataSourceExec::from_data_source(source),
+            declared,
+        )))
     }
 }
 

@@ -297,10 +297,8 @@ mod tests {
         let plan = ctx.sql(sql).await?.create_physical_plan().await?;
         let wrapped = crate::cluster_plan::single_task_nested_loop_joins(plan)?;
         let shown = displayable(wrapped.as_ref()).indent(true).to_string();
-        assert!(
-            shown.contains("SingleTaskJoinExec: NestedLoopJoinExec: join_type=Left"),
-            "{shown}"
-        );
+        // DataFusion may swap it into a RIGHT join: wrapped all the same.
+        assert!(shown.contains("SingleTaskJoinExec: NestedLoopJoinExec: join_type="), "{shown}");
         let codec = SluiceCodec::default();
         let bytes = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
             Arc::clone(&wrapped),

@@ -383,6 +383,9 @@ impl PhysicalExtensionCodec for SluiceCodec {
         if let Some(plan) = crate::recursive::try_decode(buf, inputs)? {
             return Ok(plan);
         }
+        if let Some(plan) = crate::typed::try_decode(buf, inputs)? {
+            return Ok(plan);
+        }
         if let Some(body) = buf.strip_prefix(crate::single_task::IN_PROCESS_TAG) {
             let inner = physical_plan_from_bytes_with_extension_codec(body, ctx, self)?;
             return Ok(Arc::new(crate::single_task::InProcessExec::new(inner)));
@@ -412,7 +415,7 @@ impl PhysicalExtensionCodec for SluiceCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        if crate::recursive::try_encode(&node, buf)? {
+        if crate::recursive::try_encode(&node, buf)? || crate::typed::try_encode(&node, buf)? {
             return Ok(());
         }
         if let Some(exec) = node.downcast_ref::<crate::single_task::InProcessExec>() {

@@ -139,6 +139,33 @@ fn former_wrong_answers_equal_local_datafusion() {
             false,
         ),
         (
+            "group and sort by a dictionary column (failed: RowConverter mismatch)",
+            "CREATE TABLE d AS SELECT arrow_cast(country, 'Dictionary(Int32, Utf8)') AS k FROM c; \
+             SELECT k, count(*) FROM d GROUP BY k ORDER BY k",
+            false,
+        ),
+        (
+            "a dictionary of dictionaries crosses shuffles (failed: IPC cannot encode it)",
+            "SELECT customer_id, CAST(x AS VARCHAR) AS s, arrow_typeof(x) AS t FROM \
+             (SELECT customer_id, arrow_cast(arrow_cast(country, 'Dictionary(UInt32, Utf8)'), \
+             'Dictionary(Int32, Dictionary(UInt32, Utf8))') AS x FROM c) ORDER BY customer_id",
+            false,
+        ),
+        (
+            "nested recursive queries (failed: empty work table)",
+            "WITH RECURSIVE o AS (SELECT 1 AS a UNION ALL (WITH RECURSIVE n AS (SELECT 1 AS a \
+             UNION ALL SELECT a + 2 AS a FROM n WHERE a < 3) SELECT o.a + 2 AS a FROM o JOIN n \
+             USING (a) WHERE n.a < 4)) SELECT a FROM o ORDER BY a",
+            false,
+        ),
+        (
+            "aggregate over struct fields (failed: scheduler could not parse the plan)",
+            "SELECT t.s['c0'] AS k, sum(CASE WHEN t.s['c0'] IS NOT NULL THEN t.s['c1'] END) AS v \
+             FROM (SELECT struct(country, credit) AS s FROM c) t WHERE t.s['c0'] IS NOT NULL \
+             GROUP BY t.s['c0'] ORDER BY k",
+            false,
+        ),
+        (
             "window over a union of constant rows (hung)",
             "SELECT lead(a, 1, NULL) OVER (ORDER BY a) FROM (SELECT 1 a UNION ALL SELECT 2 a)",
             true,

@@ -112,7 +112,8 @@ impl QueryPlanner for ClientPlanner {
                     self.local.create_physical_plan(logical_plan, session).await?;
                 }
                 let plan = self.scalar_subqueries(logical_plan.clone(), session).await?;
-                let plan = self.client_tables(plan, session).await?;
+                let mut staged = Vec::new();
+                let plan = self.client_tables(plan, session, &mut staged).await?;
                 // COPY keeps its options and its target means the client's path.
                 let plan = sluice_sql::copy::for_cluster(plan)?;
                 // What the plan encoding would change (Float16 literals,
@@ -125,7 +126,9 @@ impl QueryPlanner for ClientPlanner {
                     None
                 };
                 let remote = self.remote.create_physical_plan(&plan, session).await?;
-                Ok(Arc::new(PlanTypesExec::new(remote).with_static_planner(hazard)))
+                Ok(Arc::new(
+                    PlanTypesExec::new(remote).with_static_planner(hazard).with_staged(staged),
+                ))
             }
         }
     }
@@ -140,12 +143,13 @@ impl ClientPlanner {
     /// # Errors
     /// As above.
     async fn encodable(&self, plan: &LogicalPlan, session: &dyn Session) -> Result<()> {
-        let Err(encoding) = datafusion_proto::logical_plan::AsLogicalPlan::try_from_logical_plan(
+        let encoding = datafusion_proto::logical_plan::AsLogicalPlan::try_from_logical_plan(
             plan,
             self.codec.as_ref(),
-        )
-        .map(|_: LogicalPlanNode| ()) else {
-            return Ok(());
+        );
+        let encoding = match encoding {
+            Ok(node) => return fits_a_message(&node, session),
+            Err(e) => e,
         };
         if let Some(state) =
             session.as_any().downcast_ref::<datafusion::execution::context::SessionState>()
@@ -239,7 +243,12 @@ impl ClientPlanner {
 
     /// `plan` with every scan of a client-side table the cluster cannot
     /// read as it is replaced by one it can (see the module docs).
-    async fn client_tables(&self, plan: LogicalPlan, session: &dyn Session) -> Result<LogicalPlan> {
+    async fn client_tables(
+        &self,
+        plan: LogicalPlan,
+        session: &dyn Session,
+        staged: &mut Vec<StagedFolder>,
+    ) -> Result<LogicalPlan> {
         let opts = sluice_options(session);
         // Collect the scans first: the rewrite itself cannot await.
         let mut replacements = Vec::new();
@@ -252,7 +261,9 @@ impl ClientPlanner {
         let mut ready = Vec::new();
         for scan in replacements {
             let provider = source_as_provider(&scan.source)?;
-            if let Some(replacement) = self.readable(&scan, provider, session, &opts).await? {
+            if let Some(replacement) =
+                self.readable(&scan, provider, session, &opts, staged).await?
+            {
                 ready.push((scan, replacement));
             }
         }
@@ -308,6 +319,7 @@ impl ClientPlanner {
         provider: Arc<dyn TableProvider>,
         session: &dyn Session,
         opts: &sluice_sql::options::SluiceOptions,
+        staged: &mut Vec<StagedFolder>,
     ) -> Result<Option<Arc<dyn TableProvider>>> {
         // A recursive query's work table is the query's own, planned with it.
         if provider.is::<datafusion::datasource::cte_worktable::CteWorkTable>() {
@@ -360,8 +372,40 @@ impl ClientPlanner {
                 scan.table_name, opts.inline_max_bytes
             )));
         }
-        stage(session, &opts.stage_url, provider.schema(), partitions).await.map(Some)
+        let (table, folder) =
+            stage(session, &opts.stage_url, provider.schema(), partitions).await?;
+        staged.push(folder);
+        Ok(Some(table))
     }
+}
+
+/// Room left in a job submission for its settings and names.
+const SUBMISSION_OVERHEAD: usize = 256 * 1024;
+
+/// Checks that the encoded plan `node` fits the gRPC message the scheduler
+/// accepts (`ballista.client.grpc_max_message_size`, the scheduler's own
+/// limit by default): a larger submission was cut by the transport with an
+/// unclear "h2 protocol error".
+fn fits_a_message(node: &LogicalPlanNode, session: &dyn Session) -> Result<()> {
+    use prost::Message as _;
+    let limit = session
+        .config_options()
+        .extensions
+        .get::<BallistaConfig>()
+        .cloned()
+        .unwrap_or_default()
+        .grpc_client_max_message_size();
+    let size = node.encoded_len() + SUBMISSION_OVERHEAD;
+    if size <= limit {
+        return Ok(());
+    }
+    Err(DataFusionError::Plan(format!(
+        "the query's plan is {size} bytes with the in-memory tables it carries, more than the \
+         {limit} bytes a job submission may hold (ballista.client.grpc_max_message_size, the \
+         scheduler's limit); lower sluice.memory_tables.inline_max_bytes so larger tables are \
+         staged, and set sluice.memory_tables.stage_url to a folder or s3:// prefix every \
+         executor can read"
+    )))
 }
 
 /// Whether `plan` scans an unbounded stream (`CREATE UNBOUNDED EXTERNAL
@@ -411,8 +455,31 @@ fn sluice_options(session: &dyn Session) -> sluice_sql::options::SluiceOptions {
         .unwrap_or_default()
 }
 
+/// A folder of staged Parquet files, removed once the query that reads it
+/// is done ([`PlanTypesExec`]).
+#[derive(Debug, Clone)]
+pub struct StagedFolder {
+    store: Arc<dyn datafusion::object_store::ObjectStore>,
+    prefix: datafusion::object_store::path::Path,
+}
+
+impl StagedFolder {
+    /// Deletes every file under the folder; failures are logged (the files
+    /// are the query's copy of a client table, nothing else refers to them).
+    pub async fn remove(self) {
+        use futures::{StreamExt, TryStreamExt};
+        let listed = self.store.list(Some(&self.prefix)).map_ok(|m| m.location).boxed();
+        let deleted: Vec<_> = self.store.delete_stream(listed).collect().await;
+        for result in deleted {
+            if let Err(e) = result {
+                tracing::warn!(folder = %self.prefix, error = %e, "a staged file was not removed");
+            }
+        }
+    }
+}
+
 /// Writes `partitions` as Parquet files (one per partition) under a fresh
-/// folder of `stage_url` and returns a table reading them.
+/// folder of `stage_url` and returns a table reading them, and the folder.
 ///
 /// # Errors
 /// When the store cannot be written.
@@ -421,7 +488,7 @@ pub async fn stage(
     stage_url: &str,
     schema: datafusion::arrow::datatypes::SchemaRef,
     partitions: Vec<Vec<datafusion::arrow::record_batch::RecordBatch>>,
-) -> Result<Arc<dyn TableProvider>> {
+) -> Result<(Arc<dyn TableProvider>, StagedFolder)> {
     use datafusion::datasource::file_format::parquet::ParquetFormat;
     use datafusion::datasource::listing::{
         ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -447,8 +514,25 @@ pub async fn stage(
     }
     let options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let folder = StagedFolder { store, prefix: url.prefix().clone() };
     let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(schema);
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    Ok((Arc::new(ListingTable::try_new(config)?), folder))
+}
+
+/// Removes staged folders when a result stream is dropped before its end.
+struct RemoveOnDrop(Option<Vec<StagedFolder>>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let Some(folders) = self.0.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                for folder in folders {
+                    folder.remove().await;
+                }
+            });
+        }
+    }
 }
 
 /// DataFusion's own physical planner (for [`ClientPlanner::encodable`]).
@@ -482,17 +566,26 @@ pub struct PlanTypesExec {
     /// Why the job must run on Ballista's static planner, if it must
     /// (`sluice_sql::cluster_plan::adaptive_hazard`).
     static_planner: Option<String>,
+    /// Folders staged for the job, removed when its result has been read
+    /// (or its stream dropped).
+    staged: Vec<StagedFolder>,
 }
 
 impl PlanTypesExec {
     pub fn new(input: Arc<dyn ExecutionPlan>) -> Self {
-        Self { input, static_planner: None }
+        Self { input, static_planner: None, staged: Vec::new() }
     }
 
     /// The job is submitted with `ballista.planner.adaptive.enabled=false`
     /// when `reason` is given.
     pub fn with_static_planner(mut self, reason: Option<String>) -> Self {
         self.static_planner = reason;
+        self
+    }
+
+    /// `folders` are removed once the result is read.
+    pub fn with_staged(mut self, folders: Vec<StagedFolder>) -> Self {
+        self.staged = folders;
         self
     }
 }
@@ -536,7 +629,11 @@ impl ExecutionPlan for PlanTypesExec {
         let input = children
             .pop()
             .ok_or_else(|| DataFusionError::Internal("PlanTypesExec needs its input".into()))?;
-        Ok(Arc::new(Self { input, static_planner: self.static_planner.clone() }))
+        Ok(Arc::new(Self {
+            input,
+            static_planner: self.static_planner.clone(),
+            staged: self.staged.clone(),
+        }))
     }
 
     fn execute(
@@ -570,9 +667,28 @@ impl ExecutionPlan for PlanTypesExec {
         };
         let stream = self.input.execute(partition, context)?;
         let typed = Arc::clone(&schema);
+        let stream =
+            stream.map(move |b| b.and_then(|b| sluice_sql::typed::to_plan_types(b, &typed)));
+        if self.staged.is_empty() {
+            return Ok(Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema, stream,
+            )));
+        }
+        // The job reads the staged files before its result is complete:
+        // once the stream ends they go, or when it is dropped unfinished.
+        let mut guard = RemoveOnDrop(Some(self.staged.clone()));
+        let done = futures::stream::once(async move {
+            if let Some(folders) = guard.0.take() {
+                for folder in folders {
+                    folder.remove().await;
+                }
+            }
+            None
+        })
+        .filter_map(futures::future::ready);
         Ok(Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
             schema,
-            stream.map(move |b| b.and_then(|b| sluice_sql::typed::to_plan_types(b, &typed))),
+            stream.map(Some).chain(done).filter_map(futures::future::ready),
         )))
     }
 }

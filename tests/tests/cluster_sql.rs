@@ -254,12 +254,31 @@ fn memory_tables_reach_the_cluster() {
     assert!(!refused.status.success(), "an over-limit table was not refused");
     assert!(stderr.contains("sluice.memory_tables.stage_url"), "{stderr}");
 
+    // Inline past what one job submission may hold: refused before it is
+    // sent, with the way out (the transport used to cut it: "h2 protocol error").
+    let tight = [
+        "--set",
+        "sluice.memory_tables.inline_max_bytes=67108864",
+        "--set",
+        "ballista.client.grpc_max_message_size=1000000",
+    ];
+    let too_big = on_cluster(&cluster, big, &tight);
+    let stderr = String::from_utf8_lossy(&too_big.stderr);
+    assert!(!too_big.status.success(), "a plan over the message limit was sent");
+    assert!(stderr.contains("a job submission may hold"), "{stderr}");
+    assert!(!stderr.contains("h2 protocol"), "{stderr}");
+
     let stage = tempfile::tempdir().expect("stage dir");
     let stage_url = format!("sluice.memory_tables.stage_url={}", stage.path().display());
     let staged = on_cluster(&cluster, big, &[limit[0], limit[1], "--set", &stage_url]);
     assert_eq!(stdout(&staged, &cluster), local(big));
-    let written = std::fs::read_dir(stage.path()).expect("stage").count();
-    assert!(written > 0, "nothing was staged under {}", stage.path().display());
+    // Staged (one folder per table read), then removed with the query.
+    let folders: Vec<_> = std::fs::read_dir(stage.path()).expect("stage").flatten().collect();
+    assert!(!folders.is_empty(), "nothing was staged under {}", stage.path().display());
+    for folder in folders {
+        let left: Vec<_> = std::fs::read_dir(folder.path()).expect("folder").flatten().collect();
+        assert!(left.is_empty(), "staged files left behind: {left:?}");
+    }
 }
 
 /// A job whose stage bookkeeping goes inconsistent fails with an error

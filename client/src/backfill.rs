@@ -261,6 +261,19 @@ fn render_rows(batches: &[RecordBatch]) -> Vec<String> {
     rows
 }
 
+/// A table registered for one attempt of a chunk's checks, deregistered
+/// when the attempt ends, whatever its outcome.
+struct AttemptTable<'a> {
+    ctx: &'a SessionContext,
+    name: String,
+}
+
+impl Drop for AttemptTable<'_> {
+    fn drop(&mut self) {
+        let _ = self.ctx.deregister_table(self.name.as_str());
+    }
+}
+
 /// Checks a staged chunk; returns (results, rows per date).
 async fn check_chunk(
     ctx: &SessionContext,
@@ -270,7 +283,14 @@ async fn check_chunk(
     dates: &[NaiveDate],
 ) -> Result<(Vec<ExpectationResult>, Vec<(NaiveDate, u64)>)> {
     let has_files = walk_has_files(staging);
-    let table = format!("stg_{}", label.replace('-', "_"));
+    // One name per attempt, gone with the attempt whatever its outcome: a
+    // check stopped by an executor loss is retried, and a name left behind
+    // failed the retry ("The table stg_… already exists").
+    let attempt = AttemptTable {
+        ctx,
+        name: format!("stg_{}_{}", label.replace('-', "_"), uuid::Uuid::new_v4().simple()),
+    };
+    let table = attempt.name.as_str();
     let mut per_date: Vec<(NaiveDate, u64)> = dates.iter().map(|d| (*d, 0)).collect();
     let mut results = Vec::new();
     if has_files {
@@ -278,10 +298,10 @@ async fn check_chunk(
             "feature_date".to_string(),
             datafusion::arrow::datatypes::DataType::Utf8,
         )]);
-        ctx.register_parquet(&table, &format!("{}/", staging.display()), opts)
+        ctx.register_parquet(table, &format!("{}/", staging.display()), opts)
             .await
             .map_err(Error::from_datafusion)?;
-        let checks = run_sql(ctx, &quality::chunk_checks_sql(spec, &table)).await?;
+        let checks = run_sql(ctx, &quality::chunk_checks_sql(spec, table)).await?;
         for b in &checks {
             // VARCHAR is Utf8 on the cluster and Utf8View on plain DataFusion.
             let ds = datafusion::arrow::compute::cast(
@@ -307,13 +327,13 @@ async fn check_chunk(
                     let n = match quality::unique_key_per_date(columns) {
                         Some(_) => column_total(&checks, &format!("e{i}")),
                         None => int_value(
-                            &run_sql(ctx, &quality::duplicate_count_sql(columns, &table)).await?,
+                            &run_sql(ctx, &quality::duplicate_count_sql(columns, table)).await?,
                             0,
                         ),
                     };
                     let samples = if n > 0 {
                         render_rows(
-                            &run_sql(ctx, &quality::duplicate_keys_sql(columns, &table, 5)).await?,
+                            &run_sql(ctx, &quality::duplicate_keys_sql(columns, table, 5)).await?,
                         )
                     } else {
                         vec![]
@@ -325,7 +345,7 @@ async fn check_chunk(
                 }
                 _ => {
                     let n = column_total(&checks, &format!("e{i}"));
-                    let samples = match (n > 0, quality::samples_sql(spec, e, &table, 5)) {
+                    let samples = match (n > 0, quality::samples_sql(spec, e, table, 5)) {
                         (true, Some(sql)) => render_rows(&run_sql(ctx, &sql).await?),
                         _ => vec![],
                     };
@@ -341,7 +361,6 @@ async fn check_chunk(
                 samples,
             });
         }
-        let _ = ctx.deregister_table(&table);
     } else {
         for e in &spec.expectations {
             let (failing, samples) = match e {
@@ -971,6 +990,20 @@ async fn run_named(opts: &BackfillOptions) -> Result<BackfillReport> {
                             let _ = std::fs::remove_dir_all(&staging);
                             attempt += 1;
                         }
+                        // A peer stopped answering while the scheduler still
+                        // does: an executor went away holding output the
+                        // client was reading (Ballista reports a failed
+                        // connection to it only as text). With an etcd
+                        // cluster the arm below retries on the leader.
+                        Err(e) if attempt < MAX_FAILOVER_RETRIES
+                            && !matches!(opts.target, Target::Cluster(_))
+                            && matches!(e, Error::Query { class: sluice_proto::ErrorClass::External, .. })
+                            && session.scheduler_answers().await =>
+                        {
+                            tracing::warn!(chunk = %label, error = %e, "chunk's output lost with an executor; resubmitting it");
+                            let _ = std::fs::remove_dir_all(&staging);
+                            attempt += 1;
+                        }
                         Err(e) if retry_on_new_leader(&opts.target, &e) && attempt < MAX_FAILOVER_RETRIES => {
                             tracing::warn!(chunk = %label, error = %e, "chunk lost with the scheduler; resubmitting it to the leader");
                             let _ = std::fs::remove_dir_all(&staging);
@@ -1105,6 +1138,15 @@ impl Session {
     async fn current(&self) -> (u64, SessionContext) {
         let guard = self.current.read().await;
         (guard.0, guard.1.clone())
+    }
+
+    /// Whether the scheduler this session submits to accepts connections.
+    async fn scheduler_answers(&self) -> bool {
+        let (_, _, scheduler) = self.current_scheduler().await;
+        match scheduler {
+            Some(addr) => crate::connect::check_reachable(&addr).await.is_ok(),
+            None => false,
+        }
     }
 
     async fn current_scheduler(&self) -> (u64, SessionContext, Option<sluice_proto::HostPort>) {

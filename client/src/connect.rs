@@ -50,7 +50,7 @@ pub fn embedded_vcores() -> usize {
 /// Checks that something listens at the scheduler's address, so that a
 /// wrong address fails in seconds with a clear message rather than in
 /// Ballista's retry loop.
-async fn check_reachable(addr: &HostPort) -> Result<()> {
+pub(crate) async fn check_reachable(addr: &HostPort) -> Result<()> {
     let target = addr.to_string();
     match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&target))
         .await

@@ -16,6 +16,14 @@ pub enum Error {
     #[error("query failed: {message}")]
     Query { message: String, class: ErrorClass },
 
+    /// Output a job had written (a result or shuffle partition) could not be
+    /// fetched from its executor, which went away: rerunning the job
+    /// recomputes it.
+    #[error(
+        "query failed: {message}\nThe executor {executor} holding part of the job's output went away before it was read; rerunning the job recomputes it."
+    )]
+    ExecutorLost { message: String, executor: String },
+
     #[error(transparent)]
     Table(#[from] sluice_sql::Error),
 
@@ -38,6 +46,7 @@ impl Error {
             Error::SchedulerUnreachable { .. } => ErrorClass::External,
             Error::Sql { .. } | Error::Usage(_) => ErrorClass::User,
             Error::Query { class, .. } => *class,
+            Error::ExecutorLost { .. } => ErrorClass::External,
             Error::Table(e) => e.class(),
             Error::Embedded { .. } => ErrorClass::Internal,
             Error::Io { .. } => ErrorClass::User,
@@ -50,6 +59,9 @@ impl Error {
     pub fn from_datafusion(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as D;
         let message = sluice_sql::session::clean_df_message(&e);
+        if let Some(executor) = fetch_failed(&e) {
+            return Error::ExecutorLost { message, executor };
+        }
         match e.find_root() {
             D::SQL(..) | D::Plan(..) | D::SchemaError(..) | D::NotImplemented(..) => {
                 Error::Sql { message }
@@ -80,8 +92,39 @@ impl Error {
     /// Whether the job was stopped because an executor loss left it unable
     /// to finish (see `sluice_scheduler::recovery`): resubmitting it works.
     pub fn lost_to_executor_loss(&self) -> bool {
-        matches!(self, Error::Query { message, .. } if message.contains(sluice_scheduler::recovery::ADAPTIVE_JOB_LOST_INPUT))
+        match self {
+            Error::ExecutorLost { .. } => true,
+            Error::Query { message, .. } => {
+                message.contains(sluice_scheduler::recovery::ADAPTIVE_JOB_LOST_INPUT)
+            }
+            _ => false,
+        }
     }
+}
+
+/// The executor a fetch of job output failed on (Ballista's typed
+/// `FetchFailed`, anywhere in the error's chain), if that is the error.
+fn fetch_failed(e: &datafusion::error::DataFusionError) -> Option<String> {
+    use ballista_core::error::BallistaError;
+    use datafusion::error::DataFusionError as D;
+    let typed = |err: &(dyn std::error::Error + 'static)| match err.downcast_ref::<BallistaError>()
+    {
+        Some(BallistaError::FetchFailed(executor, ..)) => Some(executor.clone()),
+        _ => None,
+    };
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(executor) = typed(err) {
+            return Some(executor);
+        }
+        if let Some(D::External(inner)) = err.downcast_ref::<D>()
+            && let Some(executor) = typed(inner.as_ref())
+        {
+            return Some(executor);
+        }
+        current = err.source();
+    }
+    None
 }
 
 /// Whether a query failed because the scheduler stopped answering (not

@@ -125,6 +125,22 @@ impl Proc {
         }
     }
 
+    /// Sends SIGTERM (a spot node's notice, `kubectl delete pod`) and
+    /// reaps the process, SIGKILLing it if it has not exited within
+    /// `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let end = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < end {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -119,7 +119,6 @@ pub fn run(b: &FlightBench) -> anyhow::Result<()> {
         settings: Vec::new(),
         progress: false,
         token: Some(TOKEN.to_string()),
-        id: None,
     }))?;
     let entry = |name: &str, path: &PathBuf, partitioned: bool| CatalogEntry {
         name: name.into(),

@@ -320,7 +320,6 @@ fn churn(
         settings: vec![],
         progress: false,
         token: None,
-        id: None,
     };
     let chunk = match chunk_days {
         0 => format!(

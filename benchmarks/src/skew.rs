@@ -267,7 +267,6 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
                     ],
                     progress: false,
                     token: None,
-                    id: None,
                 };
                 let since = now_ms();
                 let t = Instant::now();

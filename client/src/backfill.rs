@@ -1,43 +1,41 @@
-//! `sluice backfill`: computes a feature job's daily partitions over a date
-//! range on the cluster.
+//! `sluice backfill`: submits a feature job's backfill to the cluster's
+//! `BackfillService` (proto/sluice/v1/backfill.proto) and follows it.
 //!
 //! ```text
-//! missing dates (OUT/feature_date=D absent) ─► chunks of ≤ chunk_days consecutive dates
-//!   per chunk (up to `parallel` at once), on the cluster:
-//!     COPY (tiled chunk query) TO <staging>/<chunk>/ PARTITIONED BY (feature_date)
-//!     quality expectations over the staged files ─ fail ─► staging removed, job fails
-//!     pass ─► each staging/feature_date=D renamed to OUT/feature_date=D   (atomic commit)
+//!   sluice backfill SPEC --from --to ──Submit(spec text, range)──► leader scheduler
+//!        ▲ progress bar, quality report ◄──Watch (events)──────── runner (sluice_scheduler::backfill)
+//!        │ Ctrl-C: detaches (the backfill keeps running; `sluice backfill watch ID`)
+//!   --detach: prints the id and returns        --local: the same runner in this process,
+//!   embedded (no flags): the same service         on plain DataFusion (the reference)
+//!   on a cluster started in this process
 //! ```
 //!
-//! Staging lives beside the output (`.<out>.sluice-staging/`), so readers of
-//! OUT never see it; a date directory appears in OUT only by a rename of a
-//! complete one. A rerun skips committed dates, so a run killed at any point
-//! (even SIGKILL) is completed by running it again, and a repeated run
-//! changes nothing. A lock file beside the output keeps two backfills from
-//! writing the same output at once.
+//! The cluster owns the backfill: the leader runs it, records its progress in
+//! etcd and a new leader resumes it. This process only submits, follows and
+//! prints; killing it stops nothing.
 
-use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::Int64Type;
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use futures::StreamExt;
+use datafusion::arrow::array::AsArray;
+use futures::{Stream, StreamExt};
 use serde::Serialize;
-use sluice_sql::job::spec::{Expectation, Function, JobSpec, SpecError};
-use sluice_sql::job::{plan, quality};
+use sluice_proto::pb;
+use sluice_proto::pb::backfill_event::Event as Ev;
+use sluice_proto::pb::backfill_service_client::BackfillServiceClient;
+use sluice_proto::{ErrorClass, HostPort};
+use sluice_sql::job::plan;
+use sluice_sql::job::prepare::HotEntities;
+use sluice_sql::job::spec::JobSpec;
 use sluice_sql::options::SluiceOptions;
-use sluice_sql::tables::{TableFormat, TableSource};
 
 use crate::connect::{Target, connect_as, run_sql};
 use crate::error::{Error, Result};
+
+pub use sluice_sql::job::backfill::{AUTO_CHUNK_DAYS, MAX_AUTO_CHUNK_DAYS, auto_chunk_days};
 
 /// What to backfill and where.
 #[derive(Debug, Clone)]
@@ -60,8 +58,6 @@ pub struct BackfillOptions {
     pub progress: bool,
     /// Token for a scheduler that checks them.
     pub token: Option<String>,
-    /// The id to record the backfill under in etcd (default: a new one).
-    pub id: Option<String>,
 }
 
 /// The outcome of one expectation on one chunk.
@@ -78,6 +74,7 @@ pub struct ExpectationResult {
 /// The machine-readable summary (`--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct BackfillReport {
+    pub id: String,
     pub spec: String,
     pub output: String,
     pub from: String,
@@ -92,577 +89,684 @@ pub struct BackfillReport {
     pub ok: bool,
 }
 
-fn spec_error(e: SpecError) -> Error {
-    Error::Usage(e.to_string())
-}
-
 fn io_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Io { path: path.display().to_string(), reason: e.to_string() }
 }
 
 /// `YYYY-MM-DD`.
+///
+/// # Errors
+/// [`Error::Usage`] naming the flag.
 pub fn parse_date(flag: &str, s: &str) -> Result<NaiveDate> {
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
-        Error::Usage(format!("{flag} '{s}' is not a date; expected YYYY-MM-DD, e.g. 2024-03-31"))
-    })
+    sluice_sql::job::backfill::parse_date(flag, s).map_err(Error::Usage)
 }
 
 /// Dates committed in `out` (folders `feature_date=YYYY-MM-DD`).
-pub fn committed_dates(out: &Path) -> BTreeSet<NaiveDate> {
-    let mut dates = BTreeSet::new();
-    for entry in std::fs::read_dir(out).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(d) = name.strip_prefix("feature_date=") {
-            if let Ok(date) = NaiveDate::parse_from_str(d, "%Y-%m-%d") {
-                dates.insert(date);
+pub fn committed_dates(out: &Path) -> std::collections::BTreeSet<NaiveDate> {
+    sluice_scheduler::backfill::runner::committed_dates(out)
+}
+
+/// The request for the service: the spec's text (the scheduler parses it),
+/// paths made absolute here, where they were written.
+///
+/// # Errors
+/// [`Error::Io`] when the spec cannot be read.
+pub fn request(opts: &BackfillOptions) -> Result<pb::BackfillRequest> {
+    let spec_text = std::fs::read_to_string(&opts.spec)
+        .map_err(|e| Error::Usage(format!("{}: cannot read the spec: {e}", opts.spec.display())))?;
+    let spec_dir = opts.spec.parent().map(Path::to_path_buf).unwrap_or_default();
+    let spec_dir = if spec_dir.as_os_str().is_empty() { PathBuf::from(".") } else { spec_dir };
+    let spec_dir = std::path::absolute(&spec_dir).map_err(|e| io_err(&spec_dir, e))?;
+    let absolute = |p: &Option<PathBuf>| -> Result<String> {
+        match p {
+            None => Ok(String::new()),
+            Some(p) => Ok(std::path::absolute(p).map_err(|e| io_err(p, e))?.display().to_string()),
+        }
+    };
+    Ok(pb::BackfillRequest {
+        spec_text,
+        spec_label: opts.spec.display().to_string(),
+        data_dir: absolute(&opts.data_dir)?,
+        output: absolute(&opts.output)?,
+        from: opts.from.to_string(),
+        to: opts.to.to_string(),
+        chunk_days: opts.chunk_days,
+        parallel: u32::try_from(opts.parallel.max(1)).unwrap_or(u32::MAX),
+        settings: opts
+            .settings
+            .iter()
+            .map(|(k, v)| pb::Setting { key: k.clone(), value: v.clone() })
+            .collect(),
+        spec_dir: spec_dir.display().to_string(),
+    })
+}
+
+/// A gRPC status from the service as a client error: the status code
+/// carries the class.
+pub fn from_status(s: &tonic::Status) -> Error {
+    use tonic::Code;
+    let message = s.message().to_string();
+    match s.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound | Code::AlreadyExists => {
+            Error::Usage(message)
+        }
+        Code::Unauthenticated | Code::PermissionDenied => Error::Usage(message),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            Error::Query { message, class: ErrorClass::External }
+        }
+        _ => Error::Query { message, class: ErrorClass::Internal },
+    }
+}
+
+/// Whether following can go on after `s` (the scheduler went away or
+/// stopped running the backfill: a leader takes it over).
+fn follow_again(s: &tonic::Status) -> bool {
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
+}
+
+/// The backfill service of a scheduler, `token` sent on every call.
+pub struct Service {
+    client: BackfillServiceClient<tonic::transport::Channel>,
+    token: Option<String>,
+    pub scheduler: HostPort,
+}
+
+impl Service {
+    /// Connects to `scheduler`.
+    ///
+    /// # Errors
+    /// [`Error::SchedulerUnreachable`].
+    pub async fn connect(scheduler: &HostPort, token: Option<&str>) -> Result<Self> {
+        let unreachable =
+            |e: String| Error::SchedulerUnreachable { addr: scheduler.clone(), reason: e };
+        let endpoint = tonic::transport::Endpoint::from_shared(scheduler.http_url())
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
+        Ok(Self {
+            client: BackfillServiceClient::new(channel),
+            token: token.map(str::to_string),
+            scheduler: scheduler.clone(),
+        })
+    }
+
+    /// Connects to the scheduler of `target` (the leader of a cluster).
+    ///
+    /// # Errors
+    /// As [`Service::connect`]; [`Error::Usage`] for targets without one.
+    pub async fn of(target: &Target, token: Option<&str>) -> Result<Self> {
+        match target {
+            Target::Scheduler(addr) => Self::connect(addr, token).await,
+            Target::Cluster(cluster) => {
+                let leader = crate::connect::reachable_leader(cluster, crate::connect::LEADER_WAIT).await?;
+                Self::connect(&leader, token).await
+            }
+            Target::Standalone | Target::Local => Err(Error::Usage(
+                "this needs a cluster: pass --scheduler HOST:PORT or --etcd-endpoints URL (an embedded cluster ends with the command that started it)".into(),
+            )),
+        }
+    }
+
+    fn req<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// # Errors
+    /// The service's refusal ([`from_status`]).
+    pub async fn submit(&mut self, request: pb::BackfillRequest) -> Result<pb::Backfill> {
+        let r = self
+            .client
+            .submit(self.req(pb::SubmitBackfillRequest { request: Some(request) }))
+            .await
+            .map_err(|s| from_status(&s))?;
+        r.into_inner().backfill.ok_or_else(|| Error::Query {
+            message: "the scheduler accepted the backfill but returned no record".into(),
+            class: ErrorClass::Internal,
+        })
+    }
+
+    /// # Errors
+    /// `NOT_FOUND` as [`Error::Usage`].
+    pub async fn get(&mut self, id: &str) -> Result<pb::Backfill> {
+        let r = self
+            .client
+            .get(self.req(pb::GetBackfillRequest { id: id.to_string() }))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(r.into_inner())
+    }
+
+    /// # Errors
+    /// As [`from_status`].
+    pub async fn list(&mut self) -> Result<Vec<pb::Backfill>> {
+        let r = self
+            .client
+            .list(self.req(pb::ListBackfillsRequest {}))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(r.into_inner().backfills)
+    }
+
+    /// # Errors
+    /// A second cancel (or of a finished backfill) is [`Error::Usage`].
+    pub async fn cancel(&mut self, id: &str) -> Result<pb::Backfill> {
+        let r = self
+            .client
+            .cancel(self.req(pb::CancelBackfillRequest { id: id.to_string() }))
+            .await
+            .map_err(|s| from_status(&s))?;
+        Ok(r.into_inner())
+    }
+
+    async fn watch(
+        &mut self,
+        id: &str,
+    ) -> std::result::Result<tonic::Streaming<pb::BackfillEvent>, tonic::Status> {
+        Ok(self
+            .client
+            .watch(self.req(pb::WatchBackfillRequest { id: id.to_string() }))
+            .await?
+            .into_inner())
+    }
+}
+
+/// Draws progress and remembers the last record seen.
+struct Follower {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    rows: u64,
+    last: Option<pb::Backfill>,
+}
+
+impl Follower {
+    fn new(progress: bool) -> Self {
+        let bar = (progress && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} dates  {msg}  ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Self { bar, started: Instant::now(), rows: 0, last: None }
+    }
+
+    /// Handles one event; the final record once it has come.
+    fn on(&mut self, e: pb::BackfillEvent) -> Option<pb::Backfill> {
+        match e.event? {
+            Ev::Snapshot(b) => {
+                if let Some(bar) = &self.bar {
+                    bar.set_length(u64::from(
+                        b.dates_total.saturating_sub(b.dates_already_committed),
+                    ));
+                    bar.set_position(u64::from(b.dates_committed));
+                }
+                self.rows = b.rows;
+                self.last = Some(b);
+                None
+            }
+            Ev::Chunk(c) => {
+                match c.kind() {
+                    pb::ChunkEventKind::Committed => {
+                        self.rows += c.rows;
+                        if let Some(bar) = &self.bar {
+                            bar.inc(u64::from(c.dates));
+                            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+                            bar.set_message(format!(
+                                "{} rows, {:.0} rows/s",
+                                self.rows,
+                                self.rows as f64 / secs
+                            ));
+                        }
+                    }
+                    pb::ChunkEventKind::Retried => {
+                        let why = c.failure.map(|f| f.message).unwrap_or_default();
+                        tracing::warn!(chunk = %format!("{}_{}", c.first, c.last), attempt = c.attempt, error = %why, "chunk resubmitted by the cluster");
+                    }
+                    _ => {}
+                }
+                None
+            }
+            Ev::ResumedBy(leader) => {
+                tracing::warn!(%leader, "a new leader resumed the backfill");
+                None
+            }
+            Ev::Finished(b) => {
+                if let Some(bar) = &self.bar {
+                    bar.finish_and_clear();
+                }
+                Some(b)
             }
         }
     }
-    dates
 }
 
-/// [`BackfillOptions::chunk_days`] that lets the range decide.
-pub const AUTO_CHUNK_DAYS: u32 = 0;
-
-/// Longest chunk the automatic choice makes. A chunk's memory grows with
-/// its entities × dates; 183 dates measured fastest on a year (one round of
-/// two chunks instead of two rounds of 92-date chunks, each of which rescans
-/// the windows' history; see benchmarks/README.md).
-pub const MAX_AUTO_CHUNK_DAYS: u32 = 183;
-
-/// The chunk length for `dates` dates with `parallel` chunks in flight: as
-/// few chunks of at most [`MAX_AUTO_CHUNK_DAYS`] as possible, their number
-/// rounded up to a multiple of `parallel` so that no round leaves a slot
-/// idle, all of about the same length.
-pub fn auto_chunk_days(dates: usize, parallel: usize) -> u32 {
-    let dates = dates.max(1);
-    let parallel = parallel.max(1);
-    let n = dates.div_ceil(MAX_AUTO_CHUNK_DAYS as usize).div_ceil(parallel) * parallel;
-    let n = n.min(dates);
-    u32::try_from(dates.div_ceil(n)).unwrap_or(MAX_AUTO_CHUNK_DAYS)
+/// How to follow a backfill again, and how to stop it.
+fn reattach_hint(id: &str, target: &Target) -> String {
+    let at = match target {
+        Target::Scheduler(a) => format!("--scheduler {a}"),
+        Target::Cluster(c) => {
+            format!("--etcd-endpoints {} --cluster {}", c.endpoints_label(), c.cluster)
+        }
+        _ => String::new(),
+    };
+    format!(
+        "backfill {id} keeps running on the cluster.\n  follow it:  sluice backfill watch {id} {at}\n  status:     sluice backfill status {id} {at}\n  stop it:    sluice backfill cancel {id} {at}"
+    )
 }
 
-impl BackfillOptions {
-    /// The chunk length for `dates` dates to compute.
-    fn chunk_days_for(&self, dates: usize) -> u32 {
-        match self.chunk_days {
-            AUTO_CHUNK_DAYS => auto_chunk_days(dates, self.parallel),
-            n => n,
+/// Follows backfill `id` on `target` until it ends; follows the new leader
+/// after a failover. Ctrl-C detaches ([`Error::Detached`]).
+///
+/// # Errors
+/// The cluster unreachable for longer than a failover takes.
+pub async fn watch(
+    target: &Target,
+    token: Option<&str>,
+    id: &str,
+    progress: bool,
+) -> Result<pb::Backfill> {
+    let mut follower = Follower::new(progress);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut lost_since: Option<Instant> = None;
+    let give_up = crate::connect::LEADER_WAIT * 2;
+    loop {
+        let attempt = async {
+            let mut service = Service::of(target, token).await.map_err(|e| (e, true))?;
+            let mut stream =
+                service.watch(id).await.map_err(|s| (from_status(&s), follow_again(&s)))?;
+            loop {
+                match stream.message().await {
+                    Ok(Some(e)) => {
+                        if let Some(done) = follower.on(e) {
+                            return Ok(done);
+                        }
+                    }
+                    Ok(None) => {
+                        return Err((
+                            Error::Query {
+                                message: "the watch ended early".into(),
+                                class: ErrorClass::External,
+                            },
+                            true,
+                        ));
+                    }
+                    Err(s) => return Err((from_status(&s), follow_again(&s))),
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            _ = &mut ctrl_c => {
+                if let Some(bar) = &follower.bar {
+                    bar.abandon();
+                }
+                return Err(Error::Detached(reattach_hint(id, target)));
+            }
+        };
+        match outcome {
+            Ok(done) => return Ok(done),
+            Err((e, again)) => {
+                let since = *lost_since.get_or_insert_with(Instant::now);
+                let retriable =
+                    again || matches!(e, Error::SchedulerUnreachable { .. } | Error::Etcd(_));
+                if !retriable || !matches!(target, Target::Cluster(_)) || since.elapsed() > give_up
+                {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "lost the scheduler while following; following the leader");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
     }
 }
 
-/// Splits sorted dates into runs of consecutive dates of at most `max` days.
-pub fn chunks(dates: &[NaiveDate], max: u32) -> Vec<(NaiveDate, NaiveDate)> {
-    let mut out: Vec<(NaiveDate, NaiveDate)> = Vec::new();
-    for &d in dates {
-        match out.last_mut() {
-            Some((first, last))
-                if *last + chrono::Duration::days(1) == d
-                    && (d - *first).num_days() < i64::from(max) =>
-            {
-                *last = d;
+/// The report of a finished backfill; its failure as an error.
+///
+/// # Errors
+/// [`Error::Query`] with the failure's class for a failed backfill;
+/// [`Error::Usage`] for a cancelled one.
+pub fn outcome(record: &pb::Backfill, seconds: f64) -> Result<BackfillReport> {
+    let request = record.request.clone().unwrap_or_default();
+    let report = BackfillReport {
+        id: record.id.clone(),
+        spec: request.spec_label.clone(),
+        output: request.output.clone(),
+        from: request.from.clone(),
+        to: request.to.clone(),
+        dates_total: record.dates_total as usize,
+        dates_already_committed: record.dates_already_committed as usize,
+        dates_committed: record.dates_committed as usize,
+        chunks: record.chunks.len(),
+        rows: record.rows,
+        seconds,
+        quality: {
+            let mut q: Vec<ExpectationResult> = record
+                .quality
+                .iter()
+                .map(|q| ExpectationResult {
+                    expectation: q.expectation.clone(),
+                    column: q.column.clone(),
+                    chunk: q.chunk.clone(),
+                    passed: q.passed,
+                    failing: q.failing,
+                    samples: q.samples.clone(),
+                })
+                .collect();
+            q.sort_by(|a, b| a.chunk.cmp(&b.chunk));
+            q
+        },
+        ok: record.state() == pb::BackfillState::Done,
+    };
+    match record.state() {
+        pb::BackfillState::Done | pb::BackfillState::FailedQuality => Ok(report),
+        pb::BackfillState::Cancelled => Err(Error::Usage(format!(
+            "backfill {} was cancelled; {} dates stay committed in {} (a rerun completes the rest)",
+            record.id,
+            committed_dates(Path::new(&request.output)).len(),
+            request.output
+        ))),
+        _ => {
+            let failure = record.failure.clone().unwrap_or_default();
+            let class = match failure.class() {
+                pb::ErrorClass::User => ErrorClass::User,
+                pb::ErrorClass::External => ErrorClass::External,
+                _ => ErrorClass::Internal,
+            };
+            Err(Error::Query { message: failure.message, class })
+        }
+    }
+}
+
+/// Submits a backfill and returns its record at once (`--detach`).
+///
+/// # Errors
+/// The spec refused ([`Error::Usage`] naming file and field), an
+/// unreachable cluster.
+pub async fn submit(opts: &BackfillOptions) -> Result<(pb::Backfill, HostPort)> {
+    let request = request(opts)?;
+    let mut service = Service::of(&opts.target, opts.token.as_deref()).await?;
+    let record = service.submit(request).await?;
+    Ok((record, service.scheduler))
+}
+
+/// Runs a backfill to its end: submitted to the cluster (an embedded one
+/// without a target), or run in this process on plain DataFusion (`--local`).
+///
+/// # Errors
+/// Bad spec or flags ([`Error::Usage`] naming file and field), an
+/// unreachable cluster, a failing chunk, a cancel; Ctrl-C on a cluster
+/// target detaches ([`Error::Detached`]).
+pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
+    let started = Instant::now();
+    let request = request(opts)?;
+    let record = match &opts.target {
+        Target::Local => {
+            let conn = connect_as(&Target::Local, None, &opts.settings, &[]).await?;
+            let hub = sluice_scheduler::backfill::Hub::new(
+                Arc::new(sluice_scheduler::backfill::LocalEngine { ctx: conn.ctx.clone() }),
+                sluice_scheduler::backfill::Store::memory(),
+                "local",
+            );
+            let record = hub.submit(request).await.map_err(|s| from_status(&s))?;
+            let rx = hub.watch(&record.id).await.map_err(|s| from_status(&s))?;
+            follow_stream(tokio_stream::wrappers::ReceiverStream::new(rx), opts.progress).await?
+        }
+        Target::Standalone => {
+            // The embedded cluster lives as long as `conn`.
+            let conn = connect_as(&opts.target, None, &opts.settings, &[]).await?;
+            let scheduler = conn.scheduler.clone().ok_or_else(|| Error::Embedded {
+                message: "the embedded cluster has no scheduler address".into(),
+            })?;
+            let mut service = Service::connect(&scheduler, None).await?;
+            let record = service.submit(request).await?;
+            let stream = service.watch(&record.id).await.map_err(|s| from_status(&s))?;
+            let done = follow_stream(stream, opts.progress).await;
+            drop(conn);
+            done?
+        }
+        Target::Scheduler(_) | Target::Cluster(_) => {
+            let mut service = Service::of(&opts.target, opts.token.as_deref()).await?;
+            let record = service.submit(request).await?;
+            tracing::info!(backfill = %record.id, scheduler = %service.scheduler, "backfill submitted");
+            watch(&opts.target, opts.token.as_deref(), &record.id, opts.progress).await?
+        }
+    };
+    outcome(&record, started.elapsed().as_secs_f64())
+}
+
+async fn follow_stream(
+    stream: impl Stream<Item = std::result::Result<pb::BackfillEvent, tonic::Status>> + Unpin,
+    progress: bool,
+) -> Result<pb::Backfill> {
+    let mut follower = Follower::new(progress);
+    let mut stream = stream;
+    while let Some(e) = stream.next().await {
+        let e = e.map_err(|s| from_status(&s))?;
+        if let Some(done) = follower.on(e) {
+            return Ok(done);
+        }
+    }
+    Err(Error::Query {
+        message: "the backfill's event stream ended early".into(),
+        class: ErrorClass::Internal,
+    })
+}
+
+/// A backfill record as `status --json` and `sluice cluster status` print it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillView {
+    pub id: String,
+    pub state: String,
+    /// The scheduler running it.
+    pub owner: String,
+    /// Whether a runner drives it (asked of the leader; unknown when read
+    /// from etcd directly).
+    pub runner_alive: Option<bool>,
+    pub spec: String,
+    pub output: String,
+    pub from: String,
+    pub to: String,
+    pub dates_total: u32,
+    pub dates_already_committed: u32,
+    pub dates_committed: u32,
+    pub rows: u64,
+    pub resumptions: u32,
+    pub error: Option<String>,
+    pub chunks: Vec<ChunkView>,
+    pub submitted_ms: u64,
+    pub updated_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkView {
+    pub first: String,
+    pub last: String,
+    pub state: String,
+    pub submissions: u32,
+    pub job_ids: Vec<String>,
+    pub error: Option<String>,
+}
+
+fn state_name(s: pb::BackfillState) -> &'static str {
+    match s {
+        pb::BackfillState::Running | pb::BackfillState::Unspecified => "running",
+        pb::BackfillState::Done => "done",
+        pb::BackfillState::Failed => "failed",
+        pb::BackfillState::FailedQuality => "failed-quality",
+        pb::BackfillState::Cancelled => "cancelled",
+    }
+}
+
+fn chunk_state_name(s: pb::ChunkState) -> &'static str {
+    match s {
+        pb::ChunkState::Pending | pb::ChunkState::Unspecified => "pending",
+        pb::ChunkState::Writing => "writing",
+        pb::ChunkState::Checking => "checking",
+        pb::ChunkState::Committing => "committing",
+        pb::ChunkState::Committed => "committed",
+        pb::ChunkState::Failed => "failed",
+        pb::ChunkState::FailedQuality => "failed-quality",
+        pb::ChunkState::Cancelled => "cancelled",
+    }
+}
+
+impl BackfillView {
+    /// `runner_known`: the record came from the leader (which says whether
+    /// it runs it), not from etcd.
+    pub fn of(b: &pb::Backfill, runner_known: bool) -> Self {
+        let request = b.request.clone().unwrap_or_default();
+        let running = b.state() == pb::BackfillState::Running;
+        let state = if running && runner_known && !b.runner_alive {
+            "running (no runner: waiting for the leader to resume it)".to_string()
+        } else {
+            state_name(b.state()).to_string()
+        };
+        Self {
+            id: b.id.clone(),
+            state,
+            owner: b.owner.clone(),
+            runner_alive: runner_known.then_some(b.runner_alive),
+            spec: request.spec_label,
+            output: request.output,
+            from: request.from,
+            to: request.to,
+            dates_total: b.dates_total,
+            dates_already_committed: b.dates_already_committed,
+            dates_committed: b.dates_committed,
+            rows: b.rows,
+            resumptions: b.resumptions,
+            error: b.failure.as_ref().map(|f| f.message.clone()),
+            chunks: b
+                .chunks
+                .iter()
+                .map(|c| ChunkView {
+                    first: c.first.clone(),
+                    last: c.last.clone(),
+                    state: chunk_state_name(c.state()).to_string(),
+                    submissions: c.submissions,
+                    job_ids: c.job_ids.clone(),
+                    error: c.failure.as_ref().map(|f| f.message.clone()),
+                })
+                .collect(),
+            submitted_ms: b.submitted_ms,
+            updated_ms: b.updated_ms,
+        }
+    }
+
+    /// The human-readable record.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "backfill {}  {}", self.id, self.state);
+        let _ = writeln!(out, "  spec     {}", self.spec);
+        let _ = writeln!(out, "  output   {}", self.output);
+        let _ =
+            writeln!(out, "  range    {} .. {}  ({} dates)", self.from, self.to, self.dates_total);
+        let _ = writeln!(
+            out,
+            "  dates    {} of {} committed ({} already there)",
+            self.dates_committed + self.dates_already_committed,
+            self.dates_total,
+            self.dates_already_committed
+        );
+        let _ = writeln!(out, "  rows     {}", self.rows);
+        let _ = writeln!(
+            out,
+            "  owner    {}{}",
+            self.owner,
+            match self.resumptions {
+                0 => String::new(),
+                n => format!("  (resumed {n}x by a new leader)"),
             }
-            _ => out.push((d, d)),
+        );
+        if let Some(e) = &self.error {
+            let _ = writeln!(out, "  error    {e}");
+        }
+        let _ = writeln!(out, "  chunks   {}", self.chunks.len());
+        for c in &self.chunks {
+            let reason = c.error.as_deref().map(|r| format!("  ({r})")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {}_{:<13} {:<14} submitted {}x{reason}",
+                c.first, c.last, c.state, c.submissions
+            );
+        }
+        out
+    }
+}
+
+/// The human-readable quality report.
+pub fn quality_report(report: &BackfillReport) -> String {
+    use std::collections::BTreeMap;
+    let mut by_expectation: BTreeMap<(String, String), (usize, usize, u64, Vec<String>)> =
+        BTreeMap::new();
+    for r in &report.quality {
+        let e = by_expectation.entry((r.expectation.clone(), r.column.clone())).or_default();
+        e.0 += 1;
+        if !r.passed {
+            e.1 += 1;
+            e.2 += r.failing;
+            for s in &r.samples {
+                if e.3.len() < 5 {
+                    e.3.push(format!("[{}] {s}", r.chunk));
+                }
+            }
+        }
+    }
+    let mut out = String::from("quality:\n");
+    for ((kind, column), (chunks, failed, failing, samples)) in by_expectation {
+        if failed == 0 {
+            out.push_str(&format!("  PASS {kind:<18} {column:<28} ({chunks} chunk(s))\n"));
+        } else {
+            out.push_str(&format!("  FAIL {kind:<18} {column:<28} {failing} failing in {failed} of {chunks} chunk(s)\n"));
+            for s in samples {
+                out.push_str(&format!("         e.g. {s}\n"));
+            }
         }
     }
     out
 }
 
-/// An exclusive lock on an output folder, released on drop.
-struct OutputLock {
-    path: PathBuf,
-}
-
-impl OutputLock {
-    fn acquire(path: PathBuf) -> Result<Self> {
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    let _ = write!(f, "{}", std::process::id());
-                    return Ok(Self { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let pid = std::fs::read_to_string(&path).unwrap_or_default();
-                    let alive = !pid.trim().is_empty()
-                        && Path::new(&format!("/proc/{}", pid.trim())).exists();
-                    if alive {
-                        return Err(Error::Usage(format!(
-                            "another backfill (pid {}) is writing this output; its lock is {}",
-                            pid.trim(),
-                            path.display()
-                        )));
-                    }
-                    // The holder died (e.g. SIGKILL): take the lock over.
-                    std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-                }
-                Err(e) => return Err(io_err(&path, e)),
-            }
-        }
-        Err(Error::Usage(format!("cannot take the lock {}", path.display())))
-    }
-}
-
-impl Drop for OutputLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let name =
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    out.with_file_name(format!(".{name}.{suffix}"))
-}
-
-fn int_value(batches: &[RecordBatch], col: usize) -> u64 {
-    batches
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .and_then(|b| {
-            b.column(col)
-                .as_primitive_opt::<Int64Type>()
-                .map(|a| if a.is_null(0) { 0 } else { a.value(0) })
-        })
-        .unwrap_or(0)
-        .max(0) as u64
-}
-
-/// The sum of an integer column over every row (0 when absent).
-fn column_total(batches: &[RecordBatch], name: &str) -> u64 {
-    let mut total = 0i64;
-    for b in batches {
-        if let Some(a) =
-            b.schema().index_of(name).ok().and_then(|c| b.column(c).as_primitive_opt::<Int64Type>())
-        {
-            total += a.iter().flatten().sum::<i64>();
-        }
-    }
-    total.max(0) as u64
-}
-
-fn render_rows(batches: &[RecordBatch]) -> Vec<String> {
-    let options = FormatOptions::default().with_null("NULL");
-    let mut rows = Vec::new();
-    for b in batches {
-        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
-        let fmts: Vec<_> = b
-            .columns()
-            .iter()
-            .filter_map(|c| ArrayFormatter::try_new(c.as_ref(), &options).ok())
-            .collect();
-        for i in 0..b.num_rows() {
-            let cells: Vec<String> =
-                names.iter().zip(&fmts).map(|(n, f)| format!("{n}={}", f.value(i))).collect();
-            rows.push(cells.join(" "));
-        }
-    }
-    rows
-}
-
-/// A table registered for one attempt of a chunk's checks, deregistered
-/// when the attempt ends, whatever its outcome.
-struct AttemptTable<'a> {
-    ctx: &'a SessionContext,
-    name: String,
-}
-
-impl Drop for AttemptTable<'_> {
-    fn drop(&mut self) {
-        let _ = self.ctx.deregister_table(self.name.as_str());
-    }
-}
-
-/// Checks a staged chunk; returns (results, rows per date).
-async fn check_chunk(
-    ctx: &SessionContext,
-    spec: &JobSpec,
-    staging: &Path,
-    label: &str,
-    dates: &[NaiveDate],
-) -> Result<(Vec<ExpectationResult>, Vec<(NaiveDate, u64)>)> {
-    let has_files = walk_has_files(staging);
-    // One name per attempt, gone with the attempt whatever its outcome: a
-    // check stopped by an executor loss is retried, and a name left behind
-    // failed the retry ("The table stg_… already exists").
-    let attempt = AttemptTable {
-        ctx,
-        name: format!("stg_{}_{}", label.replace('-', "_"), uuid::Uuid::new_v4().simple()),
-    };
-    let table = attempt.name.as_str();
-    let mut per_date: Vec<(NaiveDate, u64)> = dates.iter().map(|d| (*d, 0)).collect();
-    let mut results = Vec::new();
-    if has_files {
-        let opts = ParquetReadOptions::default().table_partition_cols(vec![(
-            "feature_date".to_string(),
-            datafusion::arrow::datatypes::DataType::Utf8,
-        )]);
-        ctx.register_parquet(table, &format!("{}/", staging.display()), opts)
-            .await
-            .map_err(Error::from_datafusion)?;
-        let checks = run_sql(ctx, &quality::chunk_checks_sql(spec, table)).await?;
-        for b in &checks {
-            // VARCHAR is Utf8 on the cluster and Utf8View on plain DataFusion.
-            let ds = datafusion::arrow::compute::cast(
-                b.column(0),
-                &datafusion::arrow::datatypes::DataType::Utf8,
-            )
-            .map_err(|e| Error::from_datafusion(e.into()))?;
-            let ds = ds.as_string_opt::<i32>();
-            let ns = b.column(1).as_primitive_opt::<Int64Type>();
-            if let (Some(ds), Some(ns)) = (ds, ns) {
-                for i in 0..b.num_rows() {
-                    if let Ok(d) = NaiveDate::parse_from_str(ds.value(i), "%Y-%m-%d") {
-                        if let Some(slot) = per_date.iter_mut().find(|(x, _)| *x == d) {
-                            slot.1 = ns.value(i).max(0) as u64;
-                        }
-                    }
-                }
-            }
-        }
-        for (i, e) in spec.expectations.iter().enumerate() {
-            let (failing, samples) = match e {
-                Expectation::UniqueKey { columns } => {
-                    let n = match quality::unique_key_per_date(columns) {
-                        Some(_) => column_total(&checks, &format!("e{i}")),
-                        None => int_value(
-                            &run_sql(ctx, &quality::duplicate_count_sql(columns, table)).await?,
-                            0,
-                        ),
-                    };
-                    let samples = if n > 0 {
-                        render_rows(
-                            &run_sql(ctx, &quality::duplicate_keys_sql(columns, table, 5)).await?,
-                        )
-                    } else {
-                        vec![]
-                    };
-                    (n, samples)
-                }
-                Expectation::RowCountBetween { min, max } => {
-                    row_count_failures(&per_date, *min, *max)
-                }
-                _ => {
-                    let n = column_total(&checks, &format!("e{i}"));
-                    let samples = match (n > 0, quality::samples_sql(spec, e, table, 5)) {
-                        (true, Some(sql)) => render_rows(&run_sql(ctx, &sql).await?),
-                        _ => vec![],
-                    };
-                    (n, samples)
-                }
-            };
-            results.push(ExpectationResult {
-                expectation: e.kind().to_string(),
-                column: e.column_label(),
-                chunk: label.to_string(),
-                passed: failing == 0,
-                failing,
-                samples,
-            });
-        }
-    } else {
-        for e in &spec.expectations {
-            let (failing, samples) = match e {
-                Expectation::RowCountBetween { min, max } => {
-                    row_count_failures(&per_date, *min, *max)
-                }
-                _ => (0, vec![]),
-            };
-            results.push(ExpectationResult {
-                expectation: e.kind().to_string(),
-                column: e.column_label(),
-                chunk: label.to_string(),
-                passed: failing == 0,
-                failing,
-                samples,
-            });
-        }
-    }
-    Ok((results, per_date))
-}
-
-fn row_count_failures(
-    per_date: &[(NaiveDate, u64)],
-    min: Option<u64>,
-    max: Option<u64>,
-) -> (u64, Vec<String>) {
-    let bad: Vec<String> = per_date
-        .iter()
-        .filter(|(_, n)| min.is_some_and(|m| *n < m) || max.is_some_and(|m| *n > m))
-        .map(|(d, n)| format!("feature_date={d} rows={n}"))
-        .collect();
-    (bad.len() as u64, bad.into_iter().take(5).collect())
-}
-
-fn walk_has_files(dir: &Path) -> bool {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                return true;
-            }
-        }
-    }
-    false
-}
-
-/// Moves each staged date folder into the output (creating an empty one for
-/// a date without rows). A date already present is left alone.
-fn commit(staging: &Path, out: &Path, dates: &[NaiveDate]) -> Result<usize> {
-    let mut committed = 0;
-    for d in dates {
-        let name = format!("feature_date={d}");
-        let src = staging.join(&name);
-        let dst = out.join(&name);
-        if dst.exists() {
-            continue;
-        }
-        if !src.exists() {
-            std::fs::create_dir_all(&src).map_err(|e| io_err(&src, e))?;
-        }
-        std::fs::rename(&src, &dst).map_err(|e| io_err(&dst, e))?;
-        committed += 1;
-    }
-    Ok(committed)
-}
-
-/// Checks that features' columns exist and have types their functions accept.
-async fn validate_against_data(
-    ctx: &SessionContext,
-    spec: &JobSpec,
-    spec_path: &str,
-) -> Result<()> {
-    let invalid =
-        |field: String, reason: String| Error::Usage(format!("{spec_path}: {field}: {reason}"));
-    for (name, src) in &spec.sources {
-        let mut cols = Vec::new();
-        if let Some(k) = &src.key {
-            cols.push(format!("\"{k}\""));
-        }
-        if let Some(t) = &src.timestamp {
-            cols.push(format!("\"{t}\""));
-        }
-        if !cols.is_empty() {
-            if let Err(e) =
-                ctx.sql(&format!("SELECT {} FROM \"{name}\" LIMIT 0", cols.join(", "))).await
-            {
-                return Err(invalid(
-                    format!("sources.{name}"),
-                    sluice_sql::session::clean_df_message(&e),
-                ));
-            }
-        }
-    }
-    for (i, f) in spec.features.iter().enumerate() {
-        let field = |rest: &str| format!("features[{i}] ({}).{rest}", f.name);
-        for (what, expr) in [("filter", &f.filter), ("available_at", &f.available_at)] {
-            if let Some(expr) = expr {
-                if let Err(e) =
-                    ctx.sql(&format!("SELECT {expr} FROM \"{}\" LIMIT 0", f.source)).await
-                {
-                    return Err(invalid(field(what), sluice_sql::session::clean_df_message(&e)));
-                }
-            }
-        }
-        if let Some(col) = &f.column {
-            match ctx.sql(&format!("SELECT {col} AS v FROM \"{}\" LIMIT 0", f.source)).await {
-                Err(e) => {
-                    return Err(invalid(
-                        field("column"),
-                        sluice_sql::session::clean_df_message(&e),
-                    ));
-                }
-                Ok(df) => {
-                    let dt = df.schema().field(0).data_type().clone();
-                    let ok = match f.function {
-                        Function::Sum | Function::Avg => dt.is_numeric(),
-                        Function::Latest => dt.is_temporal(),
-                        Function::Count | Function::Min | Function::Max => true,
-                    };
-                    if !ok {
-                        return Err(invalid(
-                            field("column"),
-                            format!(
-                                "'{col}' has type {dt}; {} needs a {}",
-                                f.function,
-                                if f.function == Function::Latest {
-                                    "timestamp or date"
-                                } else {
-                                    "number"
-                                }
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    for (j, d) in spec.dimensions.iter().enumerate() {
-        let cols: Vec<String> = d.columns.iter().map(|c| format!("\"{c}\"")).collect();
-        if let Err(e) =
-            ctx.sql(&format!("SELECT {} FROM \"{}\" LIMIT 0", cols.join(", "), d.source)).await
-        {
-            return Err(invalid(
-                format!("dimensions[{j}]"),
-                sluice_sql::session::clean_df_message(&e),
-            ));
-        }
-    }
-    // Derived expressions and the whole query: plan one day.
-    let day = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default();
-    let types = partial_types(ctx, spec).await?;
-    if let Err(e) =
-        ctx.sql(&plan::chunk_query(spec, day, day, &types, &plan::PlanOptions::default())).await
-    {
-        let msg = sluice_sql::session::clean_df_message(&e);
-        let culprit = spec.derived.iter().position(|d| {
-            msg.contains(&d.name) || d.expr.split_whitespace().any(|w| msg.contains(w))
-        });
-        let field = match culprit {
-            Some(k) => format!("derived[{k}] ({})", spec.derived[k].name),
-            None => "the compiled feature query".to_string(),
-        };
-        return Err(invalid(field, msg));
-    }
-    Ok(())
-}
-
-/// The types of every source's partial aggregates, from planning them.
-async fn partial_types(ctx: &SessionContext, spec: &JobSpec) -> Result<plan::ColumnTypes> {
-    let mut types = plan::ColumnTypes::new();
-    for src in spec.event_sources() {
-        let df =
-            ctx.sql(&plan::partial_query(spec, src, 0, 0)).await.map_err(Error::from_datafusion)?;
-        for field in df.schema().fields() {
-            let name = field.name();
-            if name.starts_with('s') || name.starts_with('c') || name.starts_with('m') {
-                types.insert(name.clone(), field.data_type().to_string());
-            }
-        }
-    }
-    Ok(types)
-}
-
-/// A validated spec connected to its engine.
-struct Prepared {
+/// A spec checked against its data on the target, for `--explain`.
+struct Explained {
     spec: JobSpec,
-    spec_label: String,
-    out: PathBuf,
     conn: crate::connect::Connection,
-    types: plan::ColumnTypes,
-    plan_opts: plan::PlanOptions,
-    skew: SluiceOptions,
-    /// The range's hot entities (`None`: skew handling off).
-    hot: Option<HotEntities>,
-    tables: Vec<TableSource>,
+    prepared: sluice_sql::job::prepare::Prepared,
 }
 
-/// The hot entities of a backfill's range: keys with their share of the
-/// rows the sources feed the tiles aggregation, and how that was measured.
-struct HotEntities {
-    keys: Vec<(datafusion::common::ScalarValue, f64)>,
-    how: crate::hotkeys::Detection,
-    /// The shuffle partitions the salts were chosen for.
-    partitions: usize,
-}
-
-/// Samples the entity keys of every event source over `first..=last` (the
-/// rows the tiles aggregation reads) and returns the hot ones: once per
-/// backfill, not per chunk; a key hot in only some chunks costs those
-/// chunks a little balance, never correctness.
-async fn hot_entities(
-    ctx: &SessionContext,
-    spec: &JobSpec,
-    first: NaiveDate,
-    last: NaiveDate,
-    skew: &SluiceOptions,
-) -> Result<HotEntities> {
-    let (f, t) = (plan::day_number(first), plan::day_number(last));
-    let keys: Vec<String> = spec
-        .event_sources()
-        .into_iter()
-        .map(|src| format!("SELECT __k FROM ({})", plan::partial_query(spec, src, f, t)))
-        .collect();
-    let partitions = ctx.state().config().target_partitions();
-    if keys.is_empty() {
-        return Ok(HotEntities {
-            keys: vec![],
-            how: crate::hotkeys::Detection::Counted,
-            partitions,
-        });
-    }
-    let df = ctx.sql(&keys.join(" UNION ALL ")).await.map_err(Error::from_datafusion)?;
-    // Optimized: types coerced and filters pushed into the scans.
-    let keys_plan = ctx.state().optimize(df.logical_plan()).map_err(Error::from_datafusion)?;
-    let (keys, how) = crate::hotkeys::hot_keys(
-        ctx,
-        &keys_plan,
-        &datafusion::prelude::col("__k"),
-        skew.skew_hot_key_share,
-    )
-    .await?;
-    Ok(HotEntities { keys, how, partitions })
-}
-
-/// Parses and validates the spec, registers its sources and checks them
-/// against the data (columns, types) before anything is written.
-async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
+async fn prepare_explain(opts: &BackfillOptions) -> Result<Explained> {
     if opts.from > opts.to {
         return Err(Error::Usage(format!(
             "--from {} is after --to {}; expected --from <= --to",
             opts.from, opts.to
         )));
     }
-    let spec_label = opts.spec.display().to_string();
-    let spec = JobSpec::from_file(&opts.spec).map_err(spec_error)?;
+    let label = opts.spec.display().to_string();
+    let spec = JobSpec::from_file(&opts.spec).map_err(|e| Error::Usage(e.to_string()))?;
     let spec_dir = opts.spec.parent().map(Path::to_path_buf).unwrap_or_default();
     let spec_dir = if spec_dir.as_os_str().is_empty() { PathBuf::from(".") } else { spec_dir };
     let data_dir = opts.data_dir.clone().unwrap_or_else(|| spec_dir.clone());
-    let out = opts.output.clone().unwrap_or_else(|| spec_dir.join(&spec.output.path));
-    let out = std::path::absolute(&out).map_err(|e| io_err(&out, e))?;
-
-    let mut tables = Vec::new();
-    for (name, src) in &spec.sources {
-        let path = spec.source_path(src, &data_dir);
-        let format = match src.format.as_str() {
-            "parquet" => TableFormat::Parquet,
-            "csv" => TableFormat::Csv,
-            "json" => TableFormat::Json,
-            other => {
-                return Err(Error::Usage(format!(
-                    "{spec_label}: sources.{name}.format: unknown format '{other}'; expected parquet, csv or json"
-                )));
-            }
-        };
-        let source = TableSource::new(name, &path.to_string_lossy(), Some(format)).map_err(|e| match e {
-            sluice_sql::Error::TablePathNotFound { path, .. } => Error::Usage(format!(
-                "{spec_label}: sources.{name}.path: '{path}' does not exist (paths are relative to --data-dir, here {}); generate data with `sluice gen churn --out DIR` and pass --data-dir DIR",
-                data_dir.display()
-            )),
-            other => Error::from(other),
-        })?;
-        tables.push(source);
-    }
-    let conn = connect_as(&opts.target, opts.token.as_deref(), &opts.settings, &tables).await?;
-    validate_against_data(&conn.ctx, &spec, &spec_label).await?;
-    let types = partial_types(&conn.ctx, &spec).await?;
-    let skew = sluice_sql::options::of_session(&conn.ctx);
-    let mut plan_opts = plan::PlanOptions { combine_per_day: skew.skew_enabled, salted: None };
-    let hot = match skew.skew_enabled {
-        true => Some(hot_entities(&conn.ctx, &spec, opts.from, opts.to, &skew).await?),
-        false => None,
+    let prep_err = |e: sluice_sql::job::prepare::PrepareError| match e {
+        sluice_sql::job::prepare::PrepareError::Invalid(m) => Error::Usage(m),
+        sluice_sql::job::prepare::PrepareError::Engine(e) => Error::from_datafusion(e),
     };
-    if let Some(h) = hot.as_ref().filter(|h| !h.keys.is_empty()) {
-        let salts = sluice_sql::skew::salt_values(&h.keys, skew.skew_buckets, h.partitions)
-            .map_err(Error::from_datafusion)?;
-        plan_opts.salted =
-            Some(plan::SaltedKeys { keys: h.keys.iter().map(|(k, _)| k.clone()).collect(), salts });
-    }
-    Ok(Prepared { spec, spec_label, out, conn, types, plan_opts, skew, hot, tables })
+    let tables =
+        sluice_sql::job::prepare::source_tables(&spec, &label, &data_dir).map_err(prep_err)?;
+    let conn = connect_as(&opts.target, opts.token.as_deref(), &opts.settings, &tables).await?;
+    let prepared = sluice_sql::job::prepare::prepare(&conn.ctx, &spec, &label, opts.from, opts.to)
+        .await
+        .map_err(prep_err)?;
+    Ok(Explained { spec, conn, prepared })
 }
 
 /// `EXPLAIN` (or `EXPLAIN ANALYZE`, which runs it) of the query of the
@@ -671,15 +775,23 @@ async fn prepare(opts: &BackfillOptions) -> Result<Prepared> {
 /// # Errors
 /// As [`run`], for the spec, the data and the engine.
 pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
-    let Prepared { spec, conn, types, plan_opts, skew, hot, .. } = prepare(opts).await?;
+    let Explained { spec, conn, prepared } = prepare_explain(opts).await?;
     let all: Vec<NaiveDate> = opts.from.iter_days().take_while(|d| *d <= opts.to).collect();
-    let chunk_days = opts.chunk_days_for(all.len());
-    let Some(&(first, last)) = chunks(&all, chunk_days).first() else {
+    let chunk_days =
+        sluice_sql::job::backfill::chunk_days(opts.chunk_days, all.len(), opts.parallel);
+    let Some(first_chunk) = sluice_sql::job::backfill::chunks(&all, chunk_days).into_iter().next()
+    else {
         return Ok(String::new());
     };
-    let sql = plan::chunk_query(&spec, first, last, &types, &plan_opts);
+    let (first, last) = (first_chunk.first, first_chunk.last);
+    let sql = plan::chunk_query(&spec, first, last, &prepared.types, &prepared.plan_opts);
     let mut text = format!("-- chunk {first}..{last}\n");
-    text.push_str(&hot_keys_report(&spec, hot.as_ref(), &plan_opts, &skew));
+    text.push_str(&hot_keys_report(
+        &spec,
+        prepared.hot.as_ref(),
+        &prepared.plan_opts,
+        &prepared.skew,
+    ));
     // The adaptive planner picks broadcast joins at run time; say what it
     // is expected to pick from the estimates now.
     let logical =
@@ -696,7 +808,9 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
         // Ballista cannot EXPLAIN ANALYZE this plan, and its adaptive planner
         // picks join strategies (broadcast or partitioned) only at run time:
         // run the chunk's write and show the plan the scheduler executed.
-        let copy = |dir: &str| plan::copy_statement(&spec, first, last, &types, &plan_opts, dir);
+        let copy = |dir: &str| {
+            plan::copy_statement(&spec, first, last, &prepared.types, &prepared.plan_opts, dir)
+        };
         text.push_str(&executed_plan(&conn.ctx, scheduler, conn.token.as_deref(), copy).await?);
         return Ok(text);
     }
@@ -721,8 +835,8 @@ pub async fn explain(opts: &BackfillOptions, analyze: bool) -> Result<String> {
 /// per broadcast join (`HashJoinExec: mode=CollectLeft`, whose build side
 /// every task reads whole).
 async fn executed_plan(
-    ctx: &SessionContext,
-    scheduler: &sluice_proto::HostPort,
+    ctx: &datafusion::prelude::SessionContext,
+    scheduler: &HostPort,
     token: Option<&str>,
     copy: impl Fn(&str) -> String,
 ) -> Result<String> {
@@ -738,7 +852,7 @@ async fn executed_plan(
     run_sql(ctx, &copy(&format!("{}/", dir.path().display()))).await?;
     let rest = |path: String| async move {
         let addr = scheduler.to_string();
-        match crate::http::get_as(&addr, &path, token, std::time::Duration::from_secs(10)).await {
+        match crate::http::get_as(&addr, &path, token, Duration::from_secs(10)).await {
             Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body).map_err(|e| {
                 Error::Sql { message: format!("scheduler {addr}{path}: not JSON: {e}") }
             }),
@@ -819,415 +933,4 @@ fn hot_keys_report(
     }
     text.push_str("-- skew handling on (sluice.skew.enabled): the partial tiles aggregation combines each entity's values per day before the shuffle, so an entity costs the final aggregation its active days, not its rows\n");
     text
-}
-
-/// Runs a backfill.
-///
-/// # Errors
-/// Bad spec or flags ([`Error::Usage`] naming file and field), an
-/// unreachable cluster, a failing query, or a failed quality expectation
-/// (the report is in the error message; nothing of that chunk is committed).
-pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
-    // Every chunk job carries the backfill's id as its Ballista job name, so
-    // a cancel can find the jobs still running.
-    let id = opts.id.clone().unwrap_or_else(crate::registry::new_id);
-    let mut named = opts.clone();
-    named.id = Some(id.clone());
-    // Plain DataFusion (`--local`) has no Ballista settings.
-    let ballista = !matches!(opts.target, Target::Local);
-    if ballista && !named.settings.iter().any(|(k, _)| k == JOB_NAME_KEY) {
-        named.settings.push((JOB_NAME_KEY.to_string(), job_name(&id)));
-    }
-    run_named(&named).await
-}
-
-const JOB_NAME_KEY: &str = "ballista.job.name";
-
-fn job_name(id: &str) -> String {
-    format!("sluice backfill {id}")
-}
-
-/// Cancels the backfill's jobs still queued or running on the scheduler and
-/// waits (up to a minute) until none is, so nothing writes into the staging
-/// folder afterwards.
-async fn cancel_jobs(scheduler: &sluice_proto::HostPort, token: Option<&str>, name: &str) {
-    use ballista_core::serde::protobuf::CancelJobParams;
-    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
-    let addr = scheduler.to_string();
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    let mut grpc = SchedulerGrpcClient::connect(scheduler.http_url()).await.ok();
-    while Instant::now() < deadline {
-        let Ok((200, body)) =
-            crate::http::get_as(&addr, "/api/jobs", token, std::time::Duration::from_secs(5)).await
-        else {
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            continue;
-        };
-        if grpc.is_none() {
-            grpc = SchedulerGrpcClient::connect(scheduler.http_url()).await.ok();
-        }
-        let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
-        let live: Vec<String> = jobs
-            .iter()
-            .filter(|j| {
-                j["job_name"] == name && matches!(j["status"].as_str(), Some("Queued" | "Running"))
-            })
-            .filter_map(|j| j["job_id"].as_str().map(str::to_string))
-            .collect();
-        if live.is_empty() {
-            return;
-        }
-        for job_id in live {
-            let Some(client) = grpc.as_mut() else { break };
-            let mut request = tonic::Request::new(CancelJobParams { job_id: job_id.clone() });
-            if let Some(token) = token
-                && let Ok(value) = format!("Bearer {token}").parse()
-            {
-                request.metadata_mut().insert("authorization", value);
-            }
-            if let Err(e) = client.cancel_job(request).await {
-                tracing::warn!(job = %job_id, error = %e, "cannot cancel a chunk job");
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
-}
-
-async fn run_named(opts: &BackfillOptions) -> Result<BackfillReport> {
-    let started = Instant::now();
-    let run_id = opts.id.clone().unwrap_or_default();
-    let Prepared { spec, spec_label, out, conn, types, plan_opts, tables, .. } =
-        prepare(opts).await?;
-    std::fs::create_dir_all(&out).map_err(|e| io_err(&out, e))?;
-    let _lock = OutputLock::acquire(sibling(&out, "sluice-lock"))?;
-    let staging_root = sibling(&out, "sluice-staging");
-    if staging_root.exists() {
-        // Left by a killed run: nothing in it was committed.
-        std::fs::remove_dir_all(&staging_root).map_err(|e| io_err(&staging_root, e))?;
-    }
-    std::fs::create_dir_all(&staging_root).map_err(|e| io_err(&staging_root, e))?;
-
-    let all: Vec<NaiveDate> = opts.from.iter_days().take_while(|d| *d <= opts.to).collect();
-    let done = committed_dates(&out);
-    let missing: Vec<NaiveDate> = all.iter().copied().filter(|d| !done.contains(d)).collect();
-    let plan_chunks = chunks(&missing, opts.chunk_days_for(missing.len()));
-
-    let bar = if opts.progress && std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(missing.len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} dates  {msg}  ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(bar)
-    } else {
-        None
-    };
-    let rows_done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicBool::new(false));
-    let session = Session::new(conn);
-    let registry = match &opts.target {
-        Target::Cluster(cluster) => {
-            crate::registry::Registry::start(
-                cluster,
-                opts,
-                &out,
-                all.len(),
-                all.len() - missing.len(),
-            )
-            .await
-        }
-        _ => None,
-    };
-    let results = futures::stream::iter(plan_chunks.iter().copied())
-        .map(|(first, last)| {
-            let session = &session;
-            let run_id = &run_id;
-            let registry = &registry;
-            let tables = &tables;
-            let spec = &spec;
-            let out = &out;
-            let staging_root = &staging_root;
-            let types = &types;
-            let plan_opts = &plan_opts;
-            let bar = bar.clone();
-            let rows_done = rows_done.clone();
-            let failed = failed.clone();
-            async move {
-                if failed.load(Ordering::SeqCst) {
-                    return Ok::<_, Error>((vec![], 0usize, 0u64, false));
-                }
-                let label = format!("{first}_{last}");
-                let dates: Vec<NaiveDate> = first.iter_days().take_while(|d| *d <= last).collect();
-                let mut attempt = 0;
-                let (staging, results, per_date) = loop {
-                    if let Some(r) = registry {
-                        r.chunk(&label, "running", None).await;
-                    }
-                    let (generation, ctx) = session.current().await;
-                    // A fresh folder per attempt: tasks of a lost attempt may still be writing.
-                    // Named after this run too: jobs of a killed earlier run may
-                    // still be writing into that run's folders.
-                    let staging = staging_root.join(format!("{label}.{run_id}.{attempt}"));
-                    let copy = plan::copy_statement(
-                        spec,
-                        first,
-                        last,
-                        types,
-                        plan_opts,
-                        &format!("{}/", staging.display()),
-                    );
-                    let ran = async {
-                        run_sql(&ctx, &copy).await?;
-                        check_chunk(&ctx, spec, &staging, &label, &dates).await
-                    }
-                    .await;
-                    match ran {
-                        Ok((results, per_date)) => break (staging, results, per_date),
-                        Err(e) if e.lost_to_executor_loss() && attempt < MAX_FAILOVER_RETRIES => {
-                            tracing::warn!(chunk = %label, error = %e, "chunk's job stopped by an executor loss; resubmitting it");
-                            let _ = std::fs::remove_dir_all(&staging);
-                            attempt += 1;
-                        }
-                        // A peer stopped answering while the scheduler still
-                        // does: an executor went away holding output the
-                        // client was reading (Ballista reports a failed
-                        // connection to it only as text). With an etcd
-                        // cluster the arm below retries on the leader.
-                        Err(e) if attempt < MAX_FAILOVER_RETRIES
-                            && !matches!(opts.target, Target::Cluster(_))
-                            && matches!(e, Error::Query { class: sluice_proto::ErrorClass::External, .. })
-                            && session.scheduler_answers().await =>
-                        {
-                            tracing::warn!(chunk = %label, error = %e, "chunk's output lost with an executor; resubmitting it");
-                            let _ = std::fs::remove_dir_all(&staging);
-                            attempt += 1;
-                        }
-                        Err(e) if retry_on_new_leader(&opts.target, &e) && attempt < MAX_FAILOVER_RETRIES => {
-                            tracing::warn!(chunk = %label, error = %e, "chunk lost with the scheduler; resubmitting it to the leader");
-                            let _ = std::fs::remove_dir_all(&staging);
-                            session.reconnect(generation, opts, tables).await?;
-                            attempt += 1;
-                        }
-                        Err(e) => {
-                            if let Some(r) = registry {
-                                r.chunk(&label, "failed", Some(&e.to_string())).await;
-                            }
-                            return Err(e);
-                        }
-                    }
-                };
-                if results.iter().any(|r| !r.passed) {
-                    failed.store(true, Ordering::SeqCst);
-                    let _ = std::fs::remove_dir_all(&staging);
-                    if let Some(r) = registry {
-                        r.chunk(&label, "failed", Some("quality expectations failed")).await;
-                    }
-                    return Ok((results, 0, 0, true));
-                }
-                let committed = commit(&staging, out, &dates)?;
-                let _ = std::fs::remove_dir_all(&staging);
-                if let Some(r) = registry {
-                    r.committed(&label, committed).await;
-                }
-                let rows: u64 = per_date.iter().map(|(_, n)| n).sum();
-                let total = rows_done.fetch_add(rows, Ordering::SeqCst) + rows;
-                if let Some(bar) = &bar {
-                    bar.inc(dates.len() as u64);
-                    let secs = started.elapsed().as_secs_f64().max(1e-3);
-                    bar.set_message(format!("{total} rows, {:.0} rows/s", total as f64 / secs));
-                }
-                Ok((results, committed, rows, false))
-            }
-        })
-        .buffer_unordered(opts.parallel.max(1))
-        .collect::<Vec<_>>();
-    // `sluice backfill cancel ID`: dropping the chunks cancels their jobs.
-    let results = match &registry {
-        Some(r) => tokio::select! {
-            results = results => results,
-            () = r.cancelled() => {
-                let id = r.id().await;
-                let (_, _, scheduler) = session.current_scheduler().await;
-                if let Some(scheduler) = scheduler {
-                    cancel_jobs(&scheduler, opts.token.as_deref(), &job_name(&id)).await;
-                }
-                let _ = std::fs::remove_dir_all(&staging_root);
-                r.finish("cancelled", Some("cancelled by `sluice backfill cancel`".into())).await;
-                return Err(Error::Usage(format!(
-                    "backfill {id} was cancelled; {} dates stay committed in {} (a rerun completes the rest)",
-                    committed_dates(&out).len(),
-                    out.display()
-                )));
-            }
-        },
-        None => results.await,
-    };
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
-    let _ = std::fs::remove_dir_all(&staging_root);
-
-    let mut report = BackfillReport {
-        spec: spec_label,
-        output: out.display().to_string(),
-        from: opts.from.to_string(),
-        to: opts.to.to_string(),
-        dates_total: all.len(),
-        dates_already_committed: all.len() - missing.len(),
-        dates_committed: 0,
-        chunks: plan_chunks.len(),
-        rows: 0,
-        seconds: 0.0,
-        quality: vec![],
-        ok: true,
-    };
-    let mut first_error = None;
-    for r in results {
-        match r {
-            Ok((q, committed, rows, failed_quality)) => {
-                report.dates_committed += committed;
-                report.rows += rows;
-                report.ok &= !failed_quality;
-                report.quality.extend(q);
-            }
-            Err(e) => {
-                report.ok = false;
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    report.quality.sort_by(|a, b| a.chunk.cmp(&b.chunk));
-    report.seconds = started.elapsed().as_secs_f64();
-    if let Some(r) = &registry {
-        let state = match (&first_error, report.ok) {
-            (Some(_), _) => "failed",
-            (None, false) => "failed-quality",
-            (None, true) => "done",
-        };
-        r.finish(state, first_error.as_ref().map(ToString::to_string)).await;
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    Ok(report)
-}
-
-/// Times a chunk lost with a failed-over scheduler (or stopped by an
-/// executor loss) is resubmitted.
-const MAX_FAILOVER_RETRIES: u32 = 3;
-
-/// Whether `e` means the scheduler went away (not the chunk's fault) on a
-/// target where a new leader can take the chunk.
-fn retry_on_new_leader(target: &Target, e: &Error) -> bool {
-    matches!(target, Target::Cluster(_)) && e.class() == sluice_proto::ErrorClass::External
-}
-
-/// The backfill's session, replaced when the leader changes.
-struct Session {
-    current: tokio::sync::RwLock<(u64, SessionContext, crate::connect::Connection)>,
-}
-
-impl Session {
-    fn new(conn: crate::connect::Connection) -> Self {
-        let ctx = conn.ctx.clone();
-        Self { current: tokio::sync::RwLock::new((0, ctx, conn)) }
-    }
-
-    async fn current(&self) -> (u64, SessionContext) {
-        let guard = self.current.read().await;
-        (guard.0, guard.1.clone())
-    }
-
-    /// Whether the scheduler this session submits to accepts connections.
-    async fn scheduler_answers(&self) -> bool {
-        let (_, _, scheduler) = self.current_scheduler().await;
-        match scheduler {
-            Some(addr) => crate::connect::check_reachable(&addr).await.is_ok(),
-            None => false,
-        }
-    }
-
-    async fn current_scheduler(&self) -> (u64, SessionContext, Option<sluice_proto::HostPort>) {
-        let guard = self.current.read().await;
-        (guard.0, guard.1.clone(), guard.2.scheduler.clone())
-    }
-
-    /// Connects to the current leader, unless a concurrent chunk already did
-    /// since `generation`.
-    async fn reconnect(
-        &self,
-        generation: u64,
-        opts: &BackfillOptions,
-        tables: &[TableSource],
-    ) -> Result<()> {
-        let mut guard = self.current.write().await;
-        if guard.0 != generation {
-            return Ok(());
-        }
-        let conn = connect_as(&opts.target, opts.token.as_deref(), &opts.settings, tables).await?;
-        tracing::info!(scheduler = ?conn.scheduler, "backfill reconnected to the leader");
-        *guard = (generation + 1, conn.ctx.clone(), conn);
-        Ok(())
-    }
-}
-
-/// The human-readable quality report.
-pub fn quality_report(report: &BackfillReport) -> String {
-    use std::collections::BTreeMap;
-    let mut by_expectation: BTreeMap<(String, String), (usize, usize, u64, Vec<String>)> =
-        BTreeMap::new();
-    for r in &report.quality {
-        let e = by_expectation.entry((r.expectation.clone(), r.column.clone())).or_default();
-        e.0 += 1;
-        if !r.passed {
-            e.1 += 1;
-            e.2 += r.failing;
-            for s in &r.samples {
-                if e.3.len() < 5 {
-                    e.3.push(format!("[{}] {s}", r.chunk));
-                }
-            }
-        }
-    }
-    let mut out = String::from("quality:\n");
-    for ((kind, column), (chunks, failed, failing, samples)) in by_expectation {
-        if failed == 0 {
-            out.push_str(&format!("  PASS {kind:<18} {column:<28} ({chunks} chunk(s))\n"));
-        } else {
-            out.push_str(&format!("  FAIL {kind:<18} {column:<28} {failing} failing in {failed} of {chunks} chunk(s)\n"));
-            for s in samples {
-                out.push_str(&format!("         e.g. {s}\n"));
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_chunks_fill_every_round_and_stay_bounded() {
-        // A year on 2 slots: one round of two chunks.
-        assert_eq!(auto_chunk_days(365, 2), 183);
-        // A quarter: still both slots busy.
-        assert_eq!(auto_chunk_days(90, 2), 45);
-        // Two years: four chunks, none over the bound.
-        assert_eq!(auto_chunk_days(730, 2), 183);
-        // 400 dates: 3 chunks would leave a slot idle in the second round; 4 of 100.
-        assert_eq!(auto_chunk_days(400, 2), 100);
-        assert_eq!(auto_chunk_days(1, 2), 1);
-        assert_eq!(auto_chunk_days(0, 0), 1);
-        for dates in 1..1200 {
-            for parallel in 1..5 {
-                let days = auto_chunk_days(dates, parallel) as usize;
-                assert!((1..=MAX_AUTO_CHUNK_DAYS as usize).contains(&days), "{dates}/{parallel}");
-                let n = dates.div_ceil(days);
-                assert!(n >= dates.div_ceil(MAX_AUTO_CHUNK_DAYS as usize), "{dates}/{parallel}");
-            }
-        }
-    }
 }

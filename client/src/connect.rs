@@ -201,7 +201,7 @@ pub async fn run_sql(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>
 
 /// Runs one SQL statement as [`run_sql`] does, with hot-key salting of its
 /// joins when `sluice.skew.enabled` (the default): the left key of each
-/// saltable join over a plain scan is sampled ([`crate::hotkeys`]), keys
+/// saltable join over a plain scan is sampled ([`sluice_sql::hotkeys`]), keys
 /// above `sluice.skew.hot_key_share` of the rows are salted into
 /// `sluice.skew.buckets` buckets (see `sluice_sql::skew`); joins expected to
 /// be broadcast are not salted, as neither side is shuffled. `EXPLAIN` shows
@@ -308,10 +308,8 @@ async fn salted(
     df: DataFrame,
 ) -> datafusion::error::Result<(SchemaRef, Vec<RecordBatch>)> {
     use datafusion::arrow::array::{Array, StringArray};
-    use datafusion::error::DataFusionError;
     use datafusion::logical_expr::LogicalPlan;
 
-    let external = |e: Error| DataFusionError::External(Box::new(e));
     let opts = sluice_sql::options::of_session(ctx);
     let is_explain = matches!(df.logical_plan(), LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
     if !opts.skew_enabled && !is_explain {
@@ -334,9 +332,8 @@ async fn salted(
         if sluice_sql::broadcast::expected(&ctx.state(), &c.join).await {
             continue;
         }
-        let (keys, how) = crate::hotkeys::hot_keys(ctx, &c.left, &c.key, opts.skew_hot_key_share)
-            .await
-            .map_err(external)?;
+        let (keys, how) =
+            sluice_sql::hotkeys::hot_keys(ctx, &c.left, &c.key, opts.skew_hot_key_share).await?;
         if !keys.is_empty() {
             hot.insert(c.index, keys);
             detected.push(how);

@@ -98,7 +98,6 @@ pub async fn run(
         settings: vec![],
         progress: true,
         token: None,
-        id: None,
     };
     writeln!(out, "\n2. sluice backfill churn.yaml --from {from} --to {to}  (daily features, 30/7/90-day windows, tiled)").map_err(out_err)?;
     let report = crate::backfill::run(&opts).await?;

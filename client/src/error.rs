@@ -38,6 +38,11 @@ pub enum Error {
 
     #[error(transparent)]
     Etcd(#[from] sluice_proto::etcd::EtcdError),
+
+    /// Ctrl-C while following a backfill: it keeps running on the cluster;
+    /// the message says how to follow or stop it.
+    #[error("{0}")]
+    Detached(String),
 }
 
 impl Error {
@@ -51,6 +56,7 @@ impl Error {
             Error::Embedded { .. } => ErrorClass::Internal,
             Error::Io { .. } => ErrorClass::User,
             Error::Etcd(e) => e.class(),
+            Error::Detached(_) => ErrorClass::User,
         }
     }
 

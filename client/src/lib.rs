@@ -10,10 +10,8 @@ pub mod datagen;
 pub mod demo;
 pub mod error;
 pub mod format;
-pub mod hotkeys;
 pub mod http;
 pub mod planner;
-pub mod registry;
 pub mod status;
 pub mod verify;
 

@@ -88,7 +88,7 @@ enum Command {
     },
     /// Backfill a feature job's daily partitions over a date range on the cluster.
     #[command(
-        after_help = "Examples:\n  sluice gen churn --users 2000 --start 2024-01-01 --days 120 --out data/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --output out/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --scheduler 127.0.0.1:50050 --json\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --etcd-endpoints http://127.0.0.1:2379 --detach\n  sluice backfill status bf-1a2b3c4d5e6f --etcd-endpoints http://127.0.0.1:2379\n  sluice backfill cancel bf-1a2b3c4d5e6f --etcd-endpoints http://127.0.0.1:2379\n\nOutput: OUT/feature_date=YYYY-MM-DD/*.parquet (Hive partitioning). Dates already committed are skipped,\nso rerunning a killed or finished backfill completes only what is missing.",
+        after_help = "Examples:\n  sluice gen churn --users 2000 --start 2024-01-01 --days 120 --out data/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --output out/churn\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --scheduler 127.0.0.1:50050 --json\n  sluice backfill sql/jobs/churn.yaml --from 2024-02-01 --to 2024-04-30 --data-dir data/churn --etcd-endpoints http://127.0.0.1:2379 --detach\n  sluice backfill watch bf-1a2b3c4d5e6f --etcd-endpoints http://127.0.0.1:2379\n  sluice backfill status bf-1a2b3c4d5e6f --etcd-endpoints http://127.0.0.1:2379\n  sluice backfill cancel bf-1a2b3c4d5e6f --etcd-endpoints http://127.0.0.1:2379\n  sluice backfill list --scheduler 127.0.0.1:50050\n\nThe cluster runs the backfill (its leader scheduler; a new leader resumes it): this command submits it\nand follows it. Ctrl-C detaches and leaves it running; --detach returns at once.\nOutput: OUT/feature_date=YYYY-MM-DD/*.parquet (Hive partitioning). Dates already committed are skipped,\nso rerunning a failed or cancelled backfill completes only what is missing.",
         args_conflicts_with_subcommands = true,
         subcommand_negates_reqs = true
     )]
@@ -104,13 +104,10 @@ enum Command {
         /// Last feature date (inclusive), YYYY-MM-DD.
         #[arg(long, value_name = "YYYY-MM-DD", required = true)]
         to: Option<String>,
-        /// With --etcd-endpoints: start the backfill in the background, print its id and
-        /// return (progress: `sluice backfill status ID`, stop: `sluice backfill cancel ID`).
-        #[arg(long, requires = "etcd_endpoints")]
+        /// Submit the backfill to the cluster (--scheduler or --etcd-endpoints), print its id
+        /// and return (follow: `sluice backfill watch ID`, stop: `sluice backfill cancel ID`).
+        #[arg(long)]
         detach: bool,
-        /// The id to record the backfill under (set by --detach).
-        #[arg(long, hide = true, value_name = "ID")]
-        backfill_id: Option<String>,
         /// The scheduler to submit to.
         #[arg(
             long,
@@ -214,23 +211,82 @@ struct ClusterArgs {
     cluster: String,
 }
 
+/// Where a backfill command finds the cluster's backfill service.
+#[derive(Debug, clap::Args)]
+struct ServiceArgs {
+    /// The scheduler (leader) to ask.
+    #[arg(long, env = "SLUICE_SCHEDULER", value_name = "HOST:PORT")]
+    scheduler: Option<HostPort>,
+    /// etcd endpoints of a high-availability cluster: ask its leader.
+    #[arg(
+        long,
+        env = "SLUICE_ETCD_ENDPOINTS",
+        value_name = "URL[,URL]",
+        conflicts_with = "scheduler"
+    )]
+    etcd_endpoints: Option<String>,
+    /// The cluster's name in etcd.
+    #[arg(long, env = "SLUICE_CLUSTER", value_name = "NAME", default_value = "default")]
+    cluster: String,
+    /// A file holding the scheduler's bearer token.
+    #[arg(long, env = "SLUICE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl ServiceArgs {
+    fn target(&self) -> Result<Target, Error> {
+        match (&self.scheduler, &self.etcd_endpoints) {
+            (Some(addr), _) => Ok(Target::Scheduler(addr.clone())),
+            (None, Some(endpoints)) => Ok(Target::Cluster(sluice_proto::etcd::EtcdTarget::parse(
+                endpoints,
+                &self.cluster,
+            )?)),
+            (None, None) => Err(Error::Usage(
+                "which cluster? pass --scheduler HOST:PORT or --etcd-endpoints URL[,URL]".into(),
+            )),
+        }
+    }
+
+    fn token(&self) -> Result<Option<String>, Error> {
+        sluice_client::catalog::read_token(self.token_file.as_deref())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum BackfillCommand {
-    /// A recorded backfill's state, dates committed and every chunk's state.
+    /// A backfill's state, owner, dates committed and every chunk's state.
     Status {
-        /// The backfill id (printed by --detach, listed by `sluice cluster status`).
+        /// The backfill id (printed on submit, listed by `sluice backfill list`).
         id: String,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        at: ServiceArgs,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Stop a running backfill: its running chunk jobs are cancelled, committed dates stay.
+    /// Follow a running backfill's progress until it ends (Ctrl-C detaches again).
+    Watch {
+        id: String,
+        #[command(flatten)]
+        at: ServiceArgs,
+        /// Print the final summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running backfill: its chunk jobs are cancelled, its staging removed,
+    /// committed dates stay.
     Cancel {
         id: String,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        at: ServiceArgs,
+    },
+    /// Every backfill the cluster has recorded, newest first.
+    List {
+        #[command(flatten)]
+        at: ServiceArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -397,84 +453,97 @@ async fn run_table(what: TableCommand) -> Result<(), Error> {
     Ok(())
 }
 
-/// `--detach`: runs this same command again in the background (its own
-/// process group, output to a log file) under a fresh backfill id, waits
-/// until the backfill is recorded in etcd, and prints the id.
-async fn detach_backfill(target: &sluice_proto::etcd::EtcdTarget) -> Result<(), Error> {
-    use std::os::unix::process::CommandExt;
-    let id = sluice_client::registry::new_id();
-    let log = std::env::temp_dir().join(format!("sluice-{id}.log"));
-    let io =
-        |e: std::io::Error| Error::Io { path: log.display().to_string(), reason: e.to_string() };
-    let exe = std::env::current_exe()
-        .map_err(|e| Error::Io { path: "sluice".into(), reason: e.to_string() })?;
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--detach").collect();
-    let out = std::fs::File::create(&log).map_err(io)?;
-    let err = out.try_clone().map_err(io)?;
-    let mut child = std::process::Command::new(exe)
-        .args(&args)
-        .args(["--backfill-id", &id])
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(io)?;
-    let started = std::time::Instant::now();
-    loop {
-        if sluice_client::registry::get(target, &id).await?.is_some() {
-            println!("{id}");
-            eprintln!(
-                "backfill {id} running in the background (pid {}, log {}); follow it with\n  sluice backfill status {id} --etcd-endpoints {} --cluster {}",
-                child.id(),
-                log.display(),
-                target.endpoints_label(),
-                target.cluster
-            );
-            return Ok(());
-        }
-        if let Some(status) = child.try_wait().map_err(io)? {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let _ = std::fs::remove_file(&log);
-            return Err(Error::Usage(format!(
-                "the backfill stopped before it started ({status}):\n{}",
-                text.trim_end()
-            )));
-        }
-        if started.elapsed() > std::time::Duration::from_secs(300) {
-            return Err(Error::Usage(format!(
-                "the background backfill did not start within 5 minutes; see {}",
-                log.display()
-            )));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+fn to_json(value: &impl serde::Serialize) -> Result<String, Error> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })
+}
+
+/// Prints a finished backfill's summary (and its quality report).
+fn print_report(report: &sluice_client::backfill::BackfillReport, json: bool) -> Result<(), Error> {
+    if json {
+        println!("{}", to_json(report)?);
+    } else {
+        eprint!("{}", sluice_client::backfill::quality_report(report));
+        eprintln!(
+            "{} of {} dates committed ({} already there), {} rows in {} chunk(s), {:.1} s -> {}",
+            report.dates_committed,
+            report.dates_total,
+            report.dates_already_committed,
+            report.rows,
+            report.chunks,
+            report.seconds,
+            report.output
+        );
+    }
+    Ok(())
+}
+
+fn quality_failed(report: &sluice_client::backfill::BackfillReport) -> Error {
+    let text = sluice_client::backfill::quality_report(report);
+    Error::Query {
+        message: format!(
+            "a quality expectation failed; the failing chunk was not committed.\n{text}"
+        ),
+        class: sluice_proto::ErrorClass::User,
     }
 }
 
 async fn run_backfill_command(what: BackfillCommand) -> Result<(), Error> {
+    use sluice_client::backfill::{BackfillView, Service};
     match what {
-        BackfillCommand::Status { id, cluster, json } => {
-            let target =
-                sluice_proto::etcd::EtcdTarget::parse(&cluster.etcd_endpoints, &cluster.cluster)?;
-            let record = sluice_client::registry::get(&target, &id).await?.ok_or_else(|| {
-                Error::Usage(format!("no backfill {id} in cluster '{}'", target.cluster))
-            })?;
+        BackfillCommand::Status { id, at, json } => {
+            let mut service = Service::of(&at.target()?, at.token()?.as_deref()).await?;
+            let view = BackfillView::of(&service.get(&id).await?, true);
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&record)
-                        .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?
-                );
+                println!("{}", to_json(&view)?);
             } else {
-                print!("{}", sluice_client::registry::render(&record));
+                print!("{}", view.render());
             }
             Ok(())
         }
-        BackfillCommand::Cancel { id, cluster } => {
-            let target =
-                sluice_proto::etcd::EtcdTarget::parse(&cluster.etcd_endpoints, &cluster.cluster)?;
-            sluice_client::registry::request_cancel(&target, &id).await?;
-            println!("cancel requested for backfill {id}");
+        BackfillCommand::Watch { id, at, json } => {
+            let target = at.target()?;
+            let started = std::time::Instant::now();
+            let record =
+                sluice_client::backfill::watch(&target, at.token()?.as_deref(), &id, !json).await?;
+            let report =
+                sluice_client::backfill::outcome(&record, started.elapsed().as_secs_f64())?;
+            print_report(&report, json)?;
+            if !report.ok {
+                return Err(quality_failed(&report));
+            }
+            Ok(())
+        }
+        BackfillCommand::Cancel { id, at } => {
+            let mut service = Service::of(&at.target()?, at.token()?.as_deref()).await?;
+            let record = service.cancel(&id).await?;
+            println!(
+                "backfill {id} cancelled; {} dates committed stay in {}",
+                record.dates_committed + record.dates_already_committed,
+                record.request.as_ref().map(|r| r.output.as_str()).unwrap_or_default()
+            );
+            Ok(())
+        }
+        BackfillCommand::List { at, json } => {
+            let mut service = Service::of(&at.target()?, at.token()?.as_deref()).await?;
+            let views: Vec<BackfillView> =
+                service.list().await?.iter().map(|b| BackfillView::of(b, true)).collect();
+            if json {
+                println!("{}", to_json(&views)?);
+            } else {
+                for v in &views {
+                    println!(
+                        "{}  {:<14} {}..{}  {}/{} dates  {}",
+                        v.id,
+                        v.state,
+                        v.from,
+                        v.to,
+                        v.dates_committed + v.dates_already_committed,
+                        v.dates_total,
+                        v.output
+                    );
+                }
+            }
             Ok(())
         }
     }
@@ -628,7 +697,6 @@ async fn run(cli: Cli) -> Result<(), Error> {
             from: Some(from),
             to: Some(to),
             detach,
-            backfill_id,
             scheduler,
             standalone: _,
             local,
@@ -644,14 +712,6 @@ async fn run(cli: Cli) -> Result<(), Error> {
             catalog,
             etcd,
         } => {
-            if detach {
-                let target = etcd.target()?.ok_or_else(|| {
-                    Error::Usage(
-                        "--detach needs --etcd-endpoints (progress is kept in etcd)".into(),
-                    )
-                })?;
-                return detach_backfill(&target).await;
-            }
             let catalog_target = if no_register || local { None } else { Some(catalog.target()?) };
             let opts = sluice_client::backfill::BackfillOptions {
                 spec,
@@ -677,32 +737,39 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 } else {
                     sluice_client::catalog::read_token(catalog.token_file.as_deref())?
                 },
-                id: backfill_id,
             };
+            if detach {
+                if !matches!(opts.target, Target::Scheduler(_) | Target::Cluster(_)) {
+                    return Err(Error::Usage(
+                        "--detach needs a cluster to run the backfill: pass --scheduler HOST:PORT or --etcd-endpoints URL (an embedded cluster ends with this command)".into(),
+                    ));
+                }
+                let (record, scheduler) = sluice_client::backfill::submit(&opts).await?;
+                println!("{}", record.id);
+                eprintln!(
+                    "backfill {} submitted to {scheduler}: {} chunk(s), {} of {} dates to compute.\n  follow it:  sluice backfill watch {id}{at}\n  stop it:    sluice backfill cancel {id}{at}",
+                    record.id,
+                    record.chunks.len(),
+                    record.dates_total - record.dates_already_committed,
+                    record.dates_total,
+                    id = record.id,
+                    at = match &opts.target {
+                        Target::Cluster(c) => format!(
+                            " --etcd-endpoints {} --cluster {}",
+                            c.endpoints_label(),
+                            c.cluster
+                        ),
+                        _ => format!(" --scheduler {scheduler}"),
+                    }
+                );
+                return Ok(());
+            }
             if explain {
                 print!("{}", sluice_client::backfill::explain(&opts, analyze).await?);
                 return Ok(());
             }
             let report = sluice_client::backfill::run(&opts).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report)
-                        .map_err(|e| Error::Io { path: "stdout".into(), reason: e.to_string() })?
-                );
-            } else {
-                eprint!("{}", sluice_client::backfill::quality_report(&report));
-                eprintln!(
-                    "{} of {} dates committed ({} already there), {} rows in {} chunk(s), {:.1} s -> {}",
-                    report.dates_committed,
-                    report.dates_total,
-                    report.dates_already_committed,
-                    report.rows,
-                    report.chunks,
-                    report.seconds,
-                    report.output
-                );
-            }
+            print_report(&report, json)?;
             if report.ok
                 && let Some(target) = &catalog_target
             {
@@ -720,13 +787,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
             if !report.ok {
-                let text = sluice_client::backfill::quality_report(&report);
-                return Err(Error::Query {
-                    message: format!(
-                        "a quality expectation failed; the failing chunk was not committed.\n{text}"
-                    ),
-                    class: sluice_proto::ErrorClass::User,
-                });
+                return Err(quality_failed(&report));
             }
             Ok(())
         }
@@ -775,6 +836,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Ctrl-C while following a backfill: it runs on; say how to follow it.
+        Err(Error::Detached(hint)) => {
+            eprintln!("\ndetached: {hint}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.class().exit_code() as u8)

@@ -8,7 +8,7 @@ use sluice_proto::etcd::{EtcdTarget, ExecutorRecord, LeaderRecord, SchedulerReco
 use sluice_scheduler::ha::{LeaderStatus, status_key};
 
 use crate::Result;
-use crate::registry::BackfillRecord;
+use crate::backfill::BackfillView;
 
 /// An executor with its lease.
 #[derive(Debug, Clone, Serialize)]
@@ -30,7 +30,7 @@ pub struct ClusterStatus {
     pub leader_status: Option<LeaderStatus>,
     pub standbys: Vec<SchedulerRecord>,
     pub executors: Vec<ExecutorView>,
-    pub backfills: Vec<BackfillRecord>,
+    pub backfills: Vec<BackfillView>,
 }
 
 /// Reads the cluster's state.
@@ -65,8 +65,17 @@ pub async fn read(target: &EtcdTarget) -> Result<ClusterStatus> {
         });
     }
     executors.sort_by_key(|a| a.record.started_ms);
-    let mut backfills = crate::registry::list(target, &mut client).await?;
-    backfills.sort_by_key(|b| std::cmp::Reverse(b.started_ms));
+    let mut backfills: Vec<BackfillView> =
+        sluice_scheduler::backfill::store::list_etcd(target, &client)
+            .await
+            .map_err(|e| sluice_proto::etcd::EtcdError::Request {
+                endpoints: target.endpoints_label(),
+                reason: e.to_string(),
+            })?
+            .iter()
+            .map(|b| BackfillView::of(b, false))
+            .collect();
+    backfills.sort_by_key(|b| std::cmp::Reverse(b.submitted_ms));
     Ok(ClusterStatus {
         cluster: target.cluster.clone(),
         etcd: target.endpoints_label(),
@@ -142,23 +151,25 @@ pub fn render(status: &ClusterStatus) -> String {
             e.record.id, e.record.flight, e.record.vcores, e.record.scheduler
         );
     }
-    let running: Vec<_> = status.backfills.iter().filter(|b| b.state == "running").collect();
+    let running: Vec<_> =
+        status.backfills.iter().filter(|b| b.state.starts_with("running")).collect();
     let _ =
         writeln!(out, "backfills  {} running, {} recorded", running.len(), status.backfills.len());
     for b in status.backfills.iter().take(10) {
-        let chunks_done = b.chunks.values().filter(|c| c.state == "committed").count();
-        let resubmitted: u32 = b.chunks.values().map(|c| c.submissions.saturating_sub(1)).sum();
+        let chunks_done = b.chunks.iter().filter(|c| c.state == "committed").count();
+        let resubmitted: u32 = b.chunks.iter().map(|c| c.submissions.saturating_sub(1)).sum();
         let _ = writeln!(
             out,
-            "  {} {:<14} {}..{}  {}/{} dates, {} chunks committed, {} resubmitted, updated {} ago  {}",
+            "  {} {:<14} {}..{}  {}/{} dates, {} chunks committed, {} resubmitted, owner {}, updated {} ago  {}",
             b.id,
             b.state,
             b.from,
             b.to,
-            b.dates_committed,
+            b.dates_committed + b.dates_already_committed,
             b.dates_total,
             chunks_done,
             resubmitted,
+            b.owner,
             ago(b.updated_ms),
             b.output
         );

@@ -5,6 +5,9 @@
 //!   /sluice/{cluster}/leader             LeaderRecord: under the leader's lease, created only when absent
 //!   /sluice/{cluster}/schedulers/{id}    SchedulerRecord: every scheduler, leader or standby, under its lease
 //!   /sluice/{cluster}/executors/{id}     ExecutorRecord: every executor, under its lease
+//!   /sluice/{cluster}/status             LeaderStatus: the leader's term, published every 2 s (fenced)
+//!   /sluice/{cluster}/backfills/{id}     pb::Backfill (protobuf): a backfill's record, written by the
+//!                                        leader running it, fenced on the leader key
 //! ```
 //!
 //! A key under a lease disappears when its owner stops keeping the lease
@@ -120,6 +123,20 @@ impl EtcdTarget {
 
     pub fn executors_prefix(&self) -> String {
         format!("{}executors/", self.prefix())
+    }
+
+    /// Where [`crate::pb::Backfill`] records live.
+    pub fn backfills_prefix(&self) -> String {
+        format!("{}backfills/", self.prefix())
+    }
+
+    pub fn backfill_key(&self, id: &str) -> String {
+        format!("{}{id}", self.backfills_prefix())
+    }
+
+    /// The leader's published status.
+    pub fn status_key(&self) -> String {
+        format!("{}status", self.prefix())
     }
 
     pub fn scheduler_key(&self, id: &str) -> String {

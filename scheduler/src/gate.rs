@@ -134,6 +134,9 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     scheduler: Scheduler,
     tokens: Option<Tokens>,
+    backfills: sluice_proto::pb::backfill_service_server::BackfillServiceServer<
+        crate::backfill::BackfillGrpc,
+    >,
 ) -> std::io::Result<()> {
     let config = scheduler.state.config.clone();
     let grpc = SchedulerGrpcServer::new(scheduler.clone())
@@ -141,6 +144,7 @@ pub(crate) async fn serve(
         .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);
     let mut routes = RoutesBuilder::default();
     routes.add_service(grpc);
+    routes.add_service(backfills);
     let scheduler = Arc::new(scheduler);
     let mut app = get_routes(Arc::clone(&scheduler)).merge(routes.routes().into_axum_router());
     if let Some(tokens) = tokens {

@@ -24,8 +24,9 @@
 //!
 //! Jobs live in the leader's memory (Ballista's job state): a failover loses
 //! jobs in flight, whose clients get a retryable error. Backfills survive:
-//! their chunks are committed to the output by the client driving them, which
-//! follows the new leader and resubmits only chunks not yet committed.
+//! the leader runs them and records their progress in etcd (fenced writes);
+//! a new leader resumes every running one ([`crate::backfill`]), keeping
+//! committed dates and resubmitting the chunks that were in flight.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,7 +58,7 @@ pub struct LeaderStatus {
 
 /// The key of [`LeaderStatus`].
 pub fn status_key(target: &EtcdTarget) -> String {
-    format!("/sluice/{}/status", target.cluster)
+    target.status_key()
 }
 
 /// The addresses a high-availability scheduler serves on.
@@ -295,11 +296,16 @@ async fn lead(
         .map_err(|source| Error::Bind { addr: config.bind.clone(), source })?;
     let term_config = config.clone();
     let term_lost = lost.clone();
+    let term_store = crate::backfill::Store::Etcd {
+        target: target.clone(),
+        client: client.clone(),
+        lease: lease.id,
+    };
     let started = term
         .spawn(async move {
             let listener = tokio::net::TcpListener::from_std(term_listener)
                 .map_err(|source| Error::Bind { addr: term_config.bind.clone(), source })?;
-            crate::start_on(&term_config, listener, local_addr, term_lost).await
+            crate::start_on(&term_config, listener, local_addr, term_lost, term_store).await
         })
         .await;
     let running = match started {

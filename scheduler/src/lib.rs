@@ -11,6 +11,7 @@
 //! endpoint always equals the address actually listened on (executors call
 //! back on it; a mismatch hangs jobs).
 
+pub mod backfill;
 pub mod config;
 pub mod error;
 pub mod flight_sql;
@@ -46,6 +47,8 @@ pub struct RunningScheduler {
     pub flight_sql: Option<flight_sql::RunningFlightSql>,
     /// Ballista's scheduler.
     pub scheduler: Arc<Scheduler>,
+    /// The backfills this scheduler runs (`BackfillService`).
+    pub backfills: Arc<backfill::Hub>,
     watchdog: JoinHandle<()>,
 }
 
@@ -116,7 +119,14 @@ fn ballista_config(
 /// Ballista rejects the configuration.
 pub async fn start(config: &SchedulerProcessConfig) -> Result<RunningScheduler> {
     let (listener, local_addr) = bind(&config.bind).await?;
-    start_on(config, listener, local_addr, recovery::LostExecutors::default()).await
+    start_on(
+        config,
+        listener,
+        local_addr,
+        recovery::LostExecutors::default(),
+        backfill::Store::memory(),
+    )
+    .await
 }
 
 /// The address executors and clients are told to use for a listener on
@@ -130,7 +140,8 @@ pub fn endpoint_for(config: &SchedulerProcessConfig, local_addr: SocketAddr) -> 
 }
 
 /// Starts serving on an already bound listener; executors in `lost` are
-/// treated as gone (see [`recovery::LostExecutors`]).
+/// treated as gone (see [`recovery::LostExecutors`]). Backfill records live
+/// in `backfills`; every running one is resumed.
 ///
 /// # Errors
 /// As [`start`].
@@ -139,6 +150,7 @@ pub async fn start_on(
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     lost: recovery::LostExecutors,
+    backfills: backfill::Store,
 ) -> Result<RunningScheduler> {
     let endpoint = endpoint_for(config, local_addr);
     let roots = DataRoots::new(&config.data_roots)
@@ -197,8 +209,28 @@ pub async fn start_on(
         None => None,
     };
     let scheduler = Arc::new(server.clone());
-    let task = tokio::spawn(gate::serve(listener, server, tokens));
-    Ok(RunningScheduler { local_addr, endpoint, task, flight_sql, scheduler, watchdog })
+    let hub = backfill::Hub::new(
+        Arc::new(backfill::ClusterEngine { scheduler: Arc::clone(&scheduler) }),
+        backfills,
+        format!("scheduler-{endpoint}"),
+    );
+    let resume = Arc::clone(&hub);
+    tokio::spawn(async move { resume.resume_all().await });
+    let task = tokio::spawn(gate::serve(
+        listener,
+        server,
+        tokens,
+        backfill::grpc_service(Arc::clone(&hub)),
+    ));
+    Ok(RunningScheduler {
+        local_addr,
+        endpoint,
+        task,
+        flight_sql,
+        scheduler,
+        backfills: hub,
+        watchdog,
+    })
 }
 
 /// Binds `addr` (port 0 picks a free port); returns the listener and the

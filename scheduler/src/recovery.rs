@@ -236,6 +236,18 @@ impl RecoveringClusterState {
              Ballista's adaptive planner cannot resume them; resubmit the job (Sluice's client does), \
              or set ballista.planner.adaptive.enabled=false to rerun only the lost stages"
             );
+            // Typed for whoever reads the failure: external, worth a retry.
+            let remote = sluice_proto::pb::RemoteError {
+                layers: vec![sluice_proto::pb::ErrorLayer {
+                    kind: sluice_proto::pb::ErrorKind::Execution as i32,
+                    message: message.clone(),
+                    arrow_kind: 0,
+                }],
+                class: sluice_proto::pb::ErrorClass::External as i32,
+                retryable: true,
+                origin: "scheduler".into(),
+            };
+            let message = format!("{message} {}", sluice_proto::remote_error::to_text(&remote));
             let tasks = graph.abort_running(message);
             tracing::warn!(
                 job = %job_id,

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod cluster_plan;
 pub mod copy;
 pub mod error;
+pub mod hotkeys;
 pub mod inline;
 pub mod job;
 pub mod options;

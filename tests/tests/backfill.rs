@@ -54,7 +54,6 @@ fn options(data: &Path, out: &Path, target: Target, from: &str, to: &str) -> Bac
         settings: vec![],
         progress: false,
         token: None,
-        id: None,
     }
 }
 
@@ -221,8 +220,11 @@ fn backfill_is_point_in_time_correct_idempotent_and_equal_standalone() {
     });
 }
 
+/// The CLI is SIGKILLed mid-backfill: the cluster completes the backfill
+/// (followed again with `backfill watch`), a concurrent second backfill of
+/// the same output is refused, and the output equals an undisturbed run.
 #[test]
-fn killed_backfill_resumes_without_duplicates() {
+fn killed_cli_leaves_the_backfill_running_without_duplicates() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     generate(&data);
@@ -274,11 +276,33 @@ fn killed_backfill_resumes_without_duplicates() {
     child.wait().expect("reap");
     let partial = committed_dates(&out).len();
     assert!(partial < 81, "the backfill finished before the kill ({partial} dates)");
-    // Every committed date is complete: its rows equal a clean run's.
+    // The cluster owns the backfill: it goes on without the CLI, and a
+    // second one writing the same output is refused, naming the first.
+    let second = Command::new(bin("sluice")).args(args(&out)).output().expect("second");
+    assert!(!second.status.success(), "a second backfill of the same output was accepted");
+    let said = String::from_utf8_lossy(&second.stderr).into_owned();
+    let id = said
+        .split_whitespace()
+        .find(|w| w.starts_with("bf-"))
+        .unwrap_or_else(|| panic!("the refusal names no backfill: {said}"))
+        .to_string();
+    assert!(said.contains("is writing"), "{said}");
+    let watched = Command::new(bin("sluice"))
+        .args(["backfill", "watch", &id, "--scheduler", cluster.scheduler_addr(), "--json"])
+        .output()
+        .expect("watch");
+    assert!(watched.status.success(), "watch: {}", String::from_utf8_lossy(&watched.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&watched.stdout).expect("report");
+    assert_eq!(report["dates_committed"], 81, "{report}");
     let out = out.as_path();
-    let status = Command::new(bin("sluice")).args(args(out)).output().expect("rerun");
-    assert!(status.status.success(), "rerun failed: {}", String::from_utf8_lossy(&status.stderr));
     assert_eq!(committed_dates(out).len(), 81);
+    // A rerun finds every date committed and writes nothing.
+    let before = files(out);
+    let rerun = Command::new(bin("sluice")).args(args(out)).arg("--json").output().expect("rerun");
+    assert!(rerun.status.success(), "rerun failed: {}", String::from_utf8_lossy(&rerun.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&rerun.stdout).expect("report");
+    assert_eq!(report["dates_committed"], 0, "{report}");
+    assert_eq!(files(out), before);
 
     let clean = tmp.path().join("clean");
     let status = Command::new(bin("sluice")).args(args(&clean)).output().expect("clean run");

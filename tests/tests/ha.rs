@@ -339,28 +339,168 @@ fn committed(out: &Path) -> usize {
     sluice_client::backfill::committed_dates(out).len()
 }
 
-/// The leader is SIGKILLed mid-backfill with a standby running: the standby
-/// takes over within the lease TTL, the executors follow it, the backfill
-/// resubmits the chunks that were in flight and finishes with every date
-/// committed once and the output equal to a run on local DataFusion.
+/// Jobs of backfill `id` on `scheduler` (their names carry it): (job id, status).
+async fn backfill_jobs(scheduler: &str, id: &str) -> Vec<(String, String)> {
+    let Ok((200, body)) =
+        sluice_client::http::get(scheduler, "/api/jobs", Duration::from_secs(2)).await
+    else {
+        return Vec::new();
+    };
+    let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+    list.iter()
+        .filter(|j| j["job_name"].as_str().is_some_and(|n| n.contains(id)))
+        .map(|j| {
+            (
+                j["job_id"].as_str().unwrap_or_default().to_string(),
+                j["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `sluice backfill status ID --json` on the cluster (through its leader).
+fn backfill_status(etcd: &Etcd, cluster: &str, id: &str) -> Option<serde_json::Value> {
+    let out = Command::new(bin("sluice"))
+        .args(["backfill", "status", id, "--etcd-endpoints", &etcd.endpoint, "--cluster", cluster])
+        .arg("--json")
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Every date of `from..=to` is in `out` once, each equal to the naive
+/// per-date SQL on local DataFusion (no duplicates, no gaps).
+fn assert_equals_naive_reference(data: &Path, out: &Path, from: &str, to: &str) {
+    let from = chrono::NaiveDate::parse_from_str(from, "%Y-%m-%d").expect("from");
+    let to = chrono::NaiveDate::parse_from_str(to, "%Y-%m-%d").expect("to");
+    let days: Vec<chrono::NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
+    assert_eq!(committed(out), days.len(), "dates in {}", out.display());
+    rt().block_on(async {
+        let ctx = local_context(data).await;
+        let opts = ParquetReadOptions::default().table_partition_cols(vec![(
+            "feature_date".to_string(),
+            datafusion::arrow::datatypes::DataType::Utf8,
+        )]);
+        ctx.register_parquet("features", &format!("{}/", out.display()), opts)
+            .await
+            .expect("register output");
+        let dup = run_sql(
+            &ctx,
+            "SELECT count(*) AS n FROM (SELECT user_id, feature_date FROM features \
+             GROUP BY user_id, feature_date HAVING count(*) > 1)",
+        )
+        .await
+        .expect("duplicates");
+        assert_eq!(sluice_client::verify::normalize(&dup).expect("n"), vec!["0".to_string()]);
+        for day in days {
+            let naive = sluice_sql::job::churn_reference_sql(day);
+            let cols = "user_id, total_spend_30d, txn_count_7d, avg_txn_value_30d, \
+                        days_since_last_login, page_views_30d, feature_use_count_30d, \
+                        ticket_count_90d, avg_resolution_hours_90d, segment, tenure_days";
+            let expected = run_sql(&ctx, &format!("SELECT {cols} FROM ({naive}) ORDER BY user_id"))
+                .await
+                .expect("naive");
+            let actual = run_sql(
+                &ctx,
+                &format!(
+                    "SELECT {cols} FROM features WHERE feature_date = '{day}' ORDER BY user_id"
+                ),
+            )
+            .await
+            .expect("output");
+            sluice_client::verify::compare(&expected, &actual, true).unwrap_or_else(|e| {
+                panic!("{day}: output differs from the naive per-date SQL: {e}")
+            });
+        }
+    });
+}
+
+/// A two-scheduler, two-executor cluster on real etcd.
+struct HaCluster {
+    etcd: Etcd,
+    s1: Proc,
+    s2: Proc,
+    _executors: [Proc; 2],
+}
+
+fn ha_cluster(dir: &Path, name: &str, ttl: u64) -> HaCluster {
+    let etcd = Etcd::start(dir).expect("etcd");
+    let s1 = ha_scheduler("scheduler-1", &etcd, name, ttl, dir, &["--min-ready-executors", "2"])
+        .expect("s1");
+    let leader = poll("s1 leads", Duration::from_secs(20), || leader_endpoint(&etcd, name));
+    assert_eq!(leader, s1.addr);
+    let s2 = ha_scheduler("scheduler-2", &etcd, name, ttl, dir, &["--min-ready-executors", "2"])
+        .expect("s2");
+    let e0 = ha_executor("executor-0", &etcd, name, ttl, 2, dir).expect("e0");
+    let e1 = ha_executor("executor-1", &etcd, name, ttl, 2, dir).expect("e1");
+    wait_ready(&s1.addr, Duration::from_secs(60)).expect("ready");
+    HaCluster { etcd, s1, s2, _executors: [e0, e1] }
+}
+
+/// The CLI that submitted a backfill is SIGKILLed once 3 dates are
+/// committed: the cluster completes the backfill on its own, `backfill
+/// status` says done, and the output equals the naive per-date SQL.
 #[test]
-fn leader_killed_mid_backfill_standby_takes_over() {
+fn backfill_outlives_the_cli_that_submitted_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     generate(&data, 400, 90, 0.0);
-    let etcd = Etcd::start(tmp.path()).expect("etcd");
+    let c = ha_cluster(tmp.path(), "cli", 10);
+    let out = tmp.path().join("out");
+    let (from, to) = ("2024-02-01", "2024-03-31");
+    let mut args = backfill_args(&data, &out, &tmp.path().join("catalog.json"), from, to);
+    args.retain(|a| a != "--json");
+    let mut cli = Command::new(bin("sluice"))
+        .args(&args)
+        .args(["--etcd-endpoints", &c.etcd.endpoint, "--cluster", "cli"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("cli.log")).expect("log"))
+        .spawn()
+        .expect("backfill");
+    poll("3 dates committed", Duration::from_secs(120), || (committed(&out) >= 3).then_some(()));
+    cli.kill().expect("SIGKILL the CLI");
+    let _ = cli.wait();
+    assert!(committed(&out) < 60, "the backfill finished before the CLI was killed");
+    let listed = Command::new(bin("sluice"))
+        .args([
+            "backfill",
+            "list",
+            "--etcd-endpoints",
+            &c.etcd.endpoint,
+            "--cluster",
+            "cli",
+            "--json",
+        ])
+        .output()
+        .expect("list");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("list json");
+    let id = listed[0]["id"].as_str().expect("a recorded backfill").to_string();
+    let record = poll("the cluster completes it", Duration::from_secs(240), || {
+        backfill_status(&c.etcd, "cli", &id).filter(|r| r["state"] == "done")
+    });
+    assert_eq!(record["dates_committed"], 60, "{record}");
+    assert_eq!(record["owner"], format!("scheduler-{}", c.s1.addr), "{record}");
+    let text = Command::new(bin("sluice"))
+        .args(["backfill", "status", &id, "--etcd-endpoints", &c.etcd.endpoint, "--cluster", "cli"])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains(&format!("backfill {id}  done")), "{text}");
+    assert_equals_naive_reference(&data, &out, from, to);
+    drop(c.s2);
+}
+
+/// A `--detach`ed backfill, its leader SIGKILLed once 3 dates are
+/// committed, no client process alive: the standby takes over, resumes the
+/// backfill from etcd and completes it; committed dates are not recomputed
+/// and every date is committed once, equal to the naive per-date SQL.
+#[test]
+fn leader_killed_mid_backfill_standby_resumes_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    generate(&data, 400, 90, 0.0);
     let ttl = 10;
-    let mut s1 =
-        ha_scheduler("scheduler-1", &etcd, "fo", ttl, tmp.path(), &["--min-ready-executors", "2"])
-            .expect("s1");
-    let leader = poll("s1 leads", Duration::from_secs(20), || leader_endpoint(&etcd, "fo"));
-    assert_eq!(leader, s1.addr);
-    let s2 =
-        ha_scheduler("scheduler-2", &etcd, "fo", ttl, tmp.path(), &["--min-ready-executors", "2"])
-            .expect("s2");
-    let e0 = ha_executor("executor-0", &etcd, "fo", ttl, 2, tmp.path()).expect("e0");
-    let e1 = ha_executor("executor-1", &etcd, "fo", ttl, 2, tmp.path()).expect("e1");
-    wait_ready(&s1.addr, Duration::from_secs(60)).expect("ready");
+    let mut c = ha_cluster(tmp.path(), "fo", ttl);
 
     // `sluice cluster status`: the live picture of 2 schedulers, 2 executors.
     let status = Command::new(bin("sluice"))
@@ -368,7 +508,7 @@ fn leader_killed_mid_backfill_standby_takes_over() {
             "cluster",
             "status",
             "--etcd-endpoints",
-            &etcd.endpoint,
+            &c.etcd.endpoint,
             "--cluster",
             "fo",
             "--json",
@@ -377,8 +517,8 @@ fn leader_killed_mid_backfill_standby_takes_over() {
         .expect("status");
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let json: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
-    assert_eq!(json["leader"]["endpoint"], s1.addr.as_str(), "{json}");
-    assert_eq!(json["standbys"][0]["endpoint"], s2.addr.as_str(), "{json}");
+    assert_eq!(json["leader"]["endpoint"], c.s1.addr.as_str(), "{json}");
+    assert_eq!(json["standbys"][0]["endpoint"], c.s2.addr.as_str(), "{json}");
     let executors = json["executors"].as_array().expect("executors");
     assert_eq!(executors.len(), 2, "{json}");
     for e in executors {
@@ -390,87 +530,65 @@ fn leader_killed_mid_backfill_standby_takes_over() {
     }
 
     let out = tmp.path().join("out");
-    let catalog = tmp.path().join("catalog.json");
     let (from, to) = ("2024-02-01", "2024-03-31");
-    let dates = 60;
-    let child = Command::new(bin("sluice"))
-        .args(backfill_args(&data, &out, &catalog, from, to))
-        .args(["--etcd-endpoints", &etcd.endpoint, "--cluster", "fo"])
-        .env("RUST_LOG", "warn,sluice_client=info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(tmp.path().join("backfill.log")).expect("log"))
-        .spawn()
-        .expect("backfill");
-    poll("a chunk committed", Duration::from_secs(120), || (committed(&out) >= 3).then_some(()));
-    let before = committed(&out);
-    assert!(before < dates, "the backfill finished before the kill");
-    let killed = Instant::now();
-    s1.kill();
-    // Time from the kill to the first job the new leader runs.
-    let first_job = poll("the standby runs a job", Duration::from_secs(60), || {
-        rt().block_on(async { (!jobs(&s2.addr).await.is_empty()).then(Instant::now) })
-    });
-    let failover = first_job.duration_since(killed);
-    eprintln!(
-        "failover: kill -> first job on the new leader {:.2} s (TTL {ttl} s)",
-        failover.as_secs_f64()
-    );
-    let result = child.wait_with_output().expect("backfill ends");
-    let backfill_log = std::fs::read_to_string(tmp.path().join("backfill.log")).unwrap_or_default();
-    for line in
-        backfill_log.lines().filter(|l| l.contains("resubmitting") || l.contains("reconnected"))
-    {
-        eprintln!("backfill: {line}");
-    }
-    assert!(
-        result.status.success(),
-        "backfill failed across the failover:\n{backfill_log}\n{}",
-        logs(&[&s2, &e0, &e1])
-    );
-    assert!(failover < Duration::from_secs(ttl + 5), "failover took {failover:?}");
-    let report: serde_json::Value = serde_json::from_slice(&result.stdout).expect("report");
-    assert_eq!(report["dates_committed"], dates, "{report}");
-    assert_eq!(committed(&out), dates);
-    assert_eq!(leader_endpoint(&etcd, "fo").as_deref(), Some(s2.addr.as_str()));
-
-    // The registry shows every chunk committed; some were resubmitted.
-    let target = EtcdTarget::parse(&etcd.endpoint, "fo").expect("target");
-    let records = rt().block_on(async {
-        let mut client = target.connect(Duration::from_secs(5)).await.expect("etcd");
-        sluice_client::registry::list(&target, &mut client).await.expect("list")
-    });
-    assert_eq!(records.len(), 1);
-    let record = &records[0];
-    assert_eq!(record.state, "done");
-    assert!(record.chunks.values().all(|c| c.state == "committed"), "{record:?}");
-    let resubmitted: u32 = record.chunks.values().map(|c| c.submissions - 1).sum();
-    eprintln!("chunks resubmitted after the failover: {resubmitted}");
-
-    // Equal to local DataFusion on the same data.
-    let local_out = tmp.path().join("local");
-    let local = Command::new(bin("sluice"))
-        .args(backfill_args(&data, &local_out, &catalog, from, to))
-        .args(["--local", "--no-register"])
+    let mut args = backfill_args(&data, &out, &tmp.path().join("catalog.json"), from, to);
+    args.retain(|a| a != "--json");
+    let submitted = Command::new(bin("sluice"))
+        .args(&args)
+        .args(["--etcd-endpoints", &c.etcd.endpoint, "--cluster", "fo", "--detach"])
         .output()
-        .expect("local backfill");
-    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
-    rt().block_on(async {
-        let ctx = SessionContext::new_with_config(sluice_sql::session::local_session_config());
-        for (name, dir) in [("ha", &out), ("local", &local_out)] {
-            let opts = ParquetReadOptions::default().table_partition_cols(vec![(
-                "feature_date".to_string(),
-                datafusion::arrow::datatypes::DataType::Utf8,
-            )]);
-            ctx.register_parquet(name, &format!("{}/", dir.display()), opts)
-                .await
-                .expect("register");
-        }
-        let q = |t: &str| format!("SELECT * FROM {t} ORDER BY feature_date, user_id");
-        let a = run_sql(&ctx, &q("local")).await.expect("local rows");
-        let b = run_sql(&ctx, &q("ha")).await.expect("ha rows");
-        sluice_client::verify::compare(&a, &b, true)
-            .expect("output after a failover equals local DataFusion's (no duplicates, no gaps)");
+        .expect("detach");
+    assert!(submitted.status.success(), "{}", String::from_utf8_lossy(&submitted.stderr));
+    let id = String::from_utf8_lossy(&submitted.stdout).trim().to_string();
+    assert!(id.starts_with("bf-"), "no id printed: {id:?}");
+    // The submitting process has exited: nothing but the cluster drives it.
+    poll("3 dates committed", Duration::from_secs(120), || (committed(&out) >= 3).then_some(()));
+    let before: std::collections::BTreeMap<String, std::time::SystemTime> = std::fs::read_dir(&out)
+        .expect("out")
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().and_then(|m| m.modified()).expect("mtime"),
+            )
+        })
+        .collect();
+    assert!(before.len() < 60, "the backfill finished before the kill");
+    let killed = Instant::now();
+    c.s1.kill();
+    // Kill -> the first chunk job the new leader runs for this backfill.
+    let first_job = poll("the standby resumes a chunk job", Duration::from_secs(60), || {
+        rt().block_on(async {
+            (!backfill_jobs(&c.s2.addr, &id).await.is_empty()).then(Instant::now)
+        })
     });
+    let resumed = first_job.duration_since(killed);
+    eprintln!(
+        "failover: kill -> first resumed chunk job on the new leader {:.2} s (TTL {ttl} s)",
+        resumed.as_secs_f64()
+    );
+    let record = poll("the standby completes it", Duration::from_secs(240), || {
+        backfill_status(&c.etcd, "fo", &id).filter(|r| {
+            r["state"] != "running"
+                && r["state"].as_str().is_some_and(|s| !s.starts_with("running"))
+        })
+    });
+    assert_eq!(record["state"], "done", "{record}\n{}", logs(&[&c.s2]));
+    assert_eq!(record["owner"], format!("scheduler-{}", c.s2.addr), "{record}");
+    assert!(record["resumptions"].as_u64() >= Some(1), "{record}");
+    assert_eq!(record["dates_committed"], 60, "{record}");
+    let chunks = record["chunks"].as_array().expect("chunks");
+    assert!(chunks.iter().all(|c| c["state"] == "committed"), "{record}");
+    let resubmitted: u64 = chunks.iter().map(|c| c["submissions"].as_u64().unwrap_or(1) - 1).sum();
+    eprintln!("chunks resubmitted after the failover: {resubmitted}");
+    assert!(resumed < Duration::from_secs(ttl + 10), "resume took {resumed:?}");
+    // Committed dates were not recomputed: their folders are the same.
+    for (name, mtime) in &before {
+        let now =
+            std::fs::metadata(out.join(name)).and_then(|m| m.modified()).expect("still there");
+        assert_eq!(&now, mtime, "{name} was rewritten after the failover");
+    }
+    assert_equals_naive_reference(&data, &out, from, to);
 }
 
 /// etcd down for 10 s, shorter than the 20 s TTL: nobody is evicted, the
@@ -584,11 +702,11 @@ fn frozen_leader_is_replaced_and_fenced_when_it_wakes() {
     assert!(s1.log_text().contains("stepped down"), "{}", s1.log_text());
 }
 
-/// `sluice backfill --detach` returns an id; `backfill status ID` shows the
-/// progress recorded in etcd; `backfill cancel ID` stops the backfill with
-/// every committed date complete and nothing half-written left behind.
+/// `Cancel` through the service: a follower (`sluice backfill watch`) sees
+/// it, the backfill's running chunk jobs stop, committed dates stay, its
+/// staging is gone, and a second cancel is a clear error.
 #[test]
-fn detached_backfill_reports_progress_and_cancels() {
+fn cancel_stops_jobs_keeps_committed_dates_and_refuses_a_second_cancel() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     generate(&data, 400, 90, 0.0);
@@ -610,20 +728,23 @@ fn detached_backfill_reports_progress_and_cancels() {
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     let id = String::from_utf8_lossy(&started.stdout).trim().to_string();
     assert!(id.starts_with("bf-"), "no id printed: {id:?}");
-    let status = |json: bool| {
-        let mut cmd = Command::new(bin("sluice"));
-        cmd.args(["backfill", "status", &id]).args(cluster);
-        if json {
-            cmd.arg("--json");
-        }
-        cmd.output().expect("status")
-    };
+    let watcher = Command::new(bin("sluice"))
+        .args(["backfill", "watch", &id])
+        .args(cluster)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("watch");
     poll("a chunk committed", Duration::from_secs(120), || {
-        let out = status(true);
-        let record: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let record = backfill_status(&etcd, "bg", &id)?;
         (record["dates_committed"].as_u64()? >= 3).then_some(())
     });
-    let text = String::from_utf8_lossy(&status(false).stdout).into_owned();
+    let text = Command::new(bin("sluice"))
+        .args(["backfill", "status", &id])
+        .args(cluster)
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
     assert!(text.contains(&id) && text.contains("running") && text.contains("committed"), "{text}");
     let cancel = Command::new(bin("sluice"))
         .args(["backfill", "cancel", &id])
@@ -631,29 +752,39 @@ fn detached_backfill_reports_progress_and_cancels() {
         .output()
         .expect("cancel");
     assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
-    let record = poll("the backfill stops", Duration::from_secs(60), || {
-        let record: serde_json::Value = serde_json::from_slice(&status(true).stdout).ok()?;
-        (record["state"] == "cancelled").then_some(record)
-    });
+    // Cancel returns once the jobs have stopped.
+    let live: Vec<(String, String)> = rt()
+        .block_on(backfill_jobs(&scheduler.addr, &id))
+        .into_iter()
+        .filter(|(_, status)| status == "Running" || status == "Queued")
+        .collect();
+    assert!(live.is_empty(), "chunk jobs still running after the cancel: {live:?}");
+    let record = backfill_status(&etcd, "bg", &id).expect("status");
+    assert_eq!(record["state"], "cancelled", "{record}");
     let committed_now = committed(&out);
     assert!(committed_now < 60, "finished before the cancel");
+    assert!(committed_now >= 3);
     assert_eq!(record["dates_committed"].as_u64(), Some(committed_now as u64), "{record}");
-    // Committed dates only: no staging or lock left next to the output.
-    poll("the driver cleans up", Duration::from_secs(30), || {
-        let leftovers: Vec<String> = std::fs::read_dir(tmp.path())
-            .expect("list")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with(".out."))
-            .collect();
-        leftovers.is_empty().then_some(())
-    });
+    // The follower saw the cancel and says so.
+    let watched = watcher.wait_with_output().expect("watch ends");
+    assert!(!watched.status.success());
+    let said = String::from_utf8_lossy(&watched.stderr);
+    assert!(said.contains("was cancelled"), "{said}");
+    // Committed dates only: no staging left next to the output.
+    let leftovers: Vec<String> = std::fs::read_dir(tmp.path())
+        .expect("list")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".out."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     let again = Command::new(bin("sluice"))
         .args(["backfill", "cancel", &id])
         .args(cluster)
         .output()
         .expect("cancel");
     assert!(!again.status.success(), "cancelling a cancelled backfill succeeded");
-    assert!(String::from_utf8_lossy(&again.stderr).contains("not running"));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("not running") && said.contains("cancelled"), "{said}");
     drop(e0);
 }

@@ -10,7 +10,9 @@
 //!          quality::check_sql ──► pass ──► rename into OUT/feature_date=D (commit)
 //! ```
 
+pub mod backfill;
 pub mod plan;
+pub mod prepare;
 pub mod quality;
 pub mod spec;
 

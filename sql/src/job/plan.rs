@@ -105,6 +105,23 @@ fn availability_columns<'a>(spec: &'a JobSpec, src_name: &str) -> Vec<&'a str> {
     avail
 }
 
+/// The partial-aggregate columns [`partial_query`] gives `src_name`'s
+/// features (`s<i>`, `c<i>`, `m<i>`), whose types [`ColumnTypes`] records.
+pub fn partial_columns(spec: &JobSpec, src_name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, x) in spec.features.iter().enumerate().filter(|(_, x)| x.source == src_name) {
+        match x.function {
+            Function::Count => out.push(format!("s{i}")),
+            Function::Sum | Function::Avg => {
+                out.push(format!("s{i}"));
+                out.push(format!("c{i}"));
+            }
+            Function::Min | Function::Max | Function::Latest => out.push(format!("m{i}")),
+        }
+    }
+    out
+}
+
 /// One row per source row that any feature of chunk `f..=t` can use, with
 /// each feature's input: `__k, __e, __a<j>..., s<i>, c<i>, m<i>` (`s` the
 /// value summed (1 for count), `c` 1 when it counts towards an average,

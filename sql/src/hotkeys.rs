@@ -33,7 +33,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 
-use crate::error::{Error, Result};
+type Result<T> = datafusion::error::Result<T>;
 
 /// Rows the sample reads in all, spread evenly over the partitions it reads.
 pub const SAMPLE_ROWS: usize = 1 << 18;
@@ -88,7 +88,7 @@ pub async fn hot_keys(
                 return Ok((Vec::new(), Detection::Sample { rows, partitions }));
             }
             let local = SessionContext::new();
-            let df = local.read_batches(batches).map_err(Error::from_datafusion)?;
+            let df = local.read_batches(batches)?;
             let top = top_keys(df, col("__k")).await?;
             Ok((hot_of(&top, share)?, Detection::Sample { rows, partitions }))
         }
@@ -122,18 +122,15 @@ async fn top_keys(df: DataFrame, key: Expr) -> Result<Vec<RecordBatch>> {
     df.aggregate(vec![key], vec![count(lit(1)).alias("__n")])
         .and_then(|d| d.window(vec![total_over_groups]))
         .and_then(|d| d.sort(vec![col("__n").sort(false, true)]))
-        .and_then(|d| d.limit(0, Some(TOP)))
-        .map_err(Error::from_datafusion)?
+        .and_then(|d| d.limit(0, Some(TOP)))?
         .collect()
         .await
-        .map_err(Error::from_datafusion)
 }
 
 /// The keys of `top` above `share` of the total, with their shares.
 fn hot_of(top: &[RecordBatch], share: f64) -> Result<Vec<(ScalarValue, f64)>> {
     let as_i64 = |a: &ArrayRef| -> Result<ArrayRef> {
-        datafusion::arrow::compute::cast(a, &DataType::Int64)
-            .map_err(|e| Error::from_datafusion(e.into()))
+        Ok(datafusion::arrow::compute::cast(a, &DataType::Int64)?)
     };
     let mut total = 0i64;
     for b in top {
@@ -151,11 +148,11 @@ fn hot_of(top: &[RecordBatch], share: f64) -> Result<Vec<(ScalarValue, f64)>> {
         let n = n
             .as_any()
             .downcast_ref::<Int64Array>()
-            .ok_or_else(|| Error::Sql { message: "hot-key count is not an integer".into() })?;
+            .ok_or_else(|| DataFusionError::Internal("hot-key count is not an integer".into()))?;
         for i in 0..b.num_rows() {
             if b.column(0).is_valid(i) && n.value(i) as f64 > share * total as f64 {
                 keys.push((
-                    ScalarValue::try_from_array(b.column(0), i).map_err(Error::from_datafusion)?,
+                    ScalarValue::try_from_array(b.column(0), i)?,
                     n.value(i) as f64 / total as f64,
                 ));
             }

@@ -1,0 +1,272 @@
+//! How a backfill's runner runs its statements: as jobs of the leader's own
+//! Ballista scheduler, submitted in process (the runner holds their job ids
+//! and cancels them directly), or with plain DataFusion for
+//! `sluice backfill --local`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ballista_core::client::BallistaClient;
+use ballista_core::serde::protobuf::{JobStatus, PartitionLocation, SuccessfulJob, job_status};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use sluice_proto::ErrorClass;
+use sluice_sql::job::backfill::Failure;
+use tokio::sync::Mutex;
+
+use crate::Scheduler;
+
+/// The jobs of one chunk attempt, for stopping them.
+pub type JobIds = Arc<Mutex<Vec<String>>>;
+
+/// Runs a backfill's statements.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// A context to plan the backfill's statements in, `settings` applied.
+    ///
+    /// # Errors
+    /// A setting the engine refuses.
+    async fn session(
+        &self,
+        name: &str,
+        settings: &[(String, String)],
+    ) -> Result<SessionContext, Failure>;
+
+    /// Runs `sql` to completion as job `job_name`; returns its rows.
+    /// Job ids go into `jobs` as they are submitted.
+    ///
+    /// # Errors
+    /// The job's failure, with its class and whether a retry can help.
+    async fn run(
+        &self,
+        ctx: &SessionContext,
+        job_name: &str,
+        sql: &str,
+        jobs: &JobIds,
+    ) -> Result<Vec<RecordBatch>, Failure>;
+
+    /// Stops `job_id` and waits (bounded) until nothing of it runs.
+    async fn cancel(&self, job_id: &str);
+}
+
+/// Buffer for a job's status stream.
+const STATUS_BUFFER: usize = 16;
+
+/// The leader's Ballista scheduler.
+pub struct ClusterEngine {
+    pub scheduler: Arc<Scheduler>,
+}
+
+fn failure_of_text(text: &str) -> Failure {
+    match sluice_proto::remote_error::find_in(text) {
+        Some(remote) => {
+            let e = sluice_sql::remote_error::decode(&remote);
+            Failure::new(
+                remote.error_class(),
+                remote.retryable,
+                sluice_sql::session::clean_df_message(&e),
+            )
+        }
+        None => Failure::new(ErrorClass::Internal, false, text.to_string()),
+    }
+}
+
+#[async_trait]
+impl Engine for ClusterEngine {
+    async fn session(
+        &self,
+        name: &str,
+        settings: &[(String, String)],
+    ) -> Result<SessionContext, Failure> {
+        let mut config = sluice_sql::session::cluster_session_config();
+        sluice_sql::session::apply_settings(&mut config, settings)
+            .map_err(|e| Failure::new(ErrorClass::User, false, e.to_string()))?;
+        let ctx = self
+            .scheduler
+            .state
+            .session_manager
+            .create_or_update_session(name, &config)
+            .await
+            .map_err(|e| Failure::new(ErrorClass::Internal, false, e.to_string()))?;
+        // Planned here, as Flight SQL queries are: uncorrelated scalar
+        // subqueries become joins.
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .enable_physical_uncorrelated_scalar_subquery = false;
+        Ok(SessionContext::new_with_state(ctx.state()))
+    }
+
+    async fn run(
+        &self,
+        ctx: &SessionContext,
+        job_name: &str,
+        sql: &str,
+        jobs: &JobIds,
+    ) -> Result<Vec<RecordBatch>, Failure> {
+        let df_failure = |e: datafusion::error::DataFusionError| Failure::of_datafusion(&e);
+        let plan = ctx.state().create_logical_plan(sql).await.map_err(df_failure)?;
+        // Shapes Ballista's adaptive planner gets wrong run on its static one.
+        let hazard = if sluice_sql::options::of_session(ctx).static_for_adaptive_hazards {
+            sluice_sql::cluster_plan::adaptive_hazard(
+                &ctx.state().optimize(&plan).map_err(df_failure)?,
+            )
+            .map_err(df_failure)?
+        } else {
+            None
+        };
+        let mut state = ctx.state();
+        if hazard.is_some() {
+            state
+                .config_mut()
+                .options_mut()
+                .set(ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED, "false")
+                .map_err(df_failure)?;
+        }
+        let job_ctx = Arc::new(SessionContext::new_with_state(state));
+        let (subscriber, mut statuses) = tokio::sync::mpsc::channel::<JobStatus>(STATUS_BUFFER);
+        let job_id = self
+            .scheduler
+            .submit_job(job_name, job_ctx, &plan, Some(subscriber))
+            .await
+            .map_err(|e| failure_of_text(&e.to_string()))?;
+        jobs.lock().await.push(job_id.to_string());
+        while let Some(status) = statuses.recv().await {
+            match status.status {
+                Some(job_status::Status::Successful(SuccessfulJob {
+                    partition_location, ..
+                })) => {
+                    return fetch_all(&self.scheduler, partition_location).await;
+                }
+                Some(job_status::Status::Failed(failed)) => {
+                    let mut failure = failure_of_text(&failed.error);
+                    failure.message = format!("job {job_id} failed: {}", failure.message);
+                    return Err(failure);
+                }
+                _ => continue,
+            }
+        }
+        Err(Failure::new(
+            ErrorClass::External,
+            true,
+            format!("job {job_id} ended without reporting a final status"),
+        ))
+    }
+
+    async fn cancel(&self, job_id: &str) {
+        let id = ballista_core::JobId::from(job_id);
+        if let Err(e) = self.scheduler.cancel_job(id.clone()).await {
+            tracing::warn!(job = %job_id, error = %e, "cannot cancel a chunk job");
+        }
+        // Wait until none of its tasks can still write.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
+            let running = match self.scheduler.state.task_manager.get_job_status(&id).await {
+                Ok(Some(status)) => {
+                    matches!(
+                        status.status,
+                        Some(job_status::Status::Queued(_) | job_status::Status::Running(_)) | None
+                    )
+                }
+                _ => false,
+            };
+            if !running {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Reads a finished job's result partitions from the executors holding
+/// them. A partition that yields fewer rows than its executor reported
+/// (a stream an executor shutting down ended early) is an error, never a
+/// short result.
+async fn fetch_all(
+    scheduler: &Scheduler,
+    locations: Vec<PartitionLocation>,
+) -> Result<Vec<RecordBatch>, Failure> {
+    let max_message = scheduler.state.config.grpc_server_max_decoding_message_size as usize;
+    let mut out = Vec::new();
+    for location in locations {
+        let lost = |what: String| Failure::new(ErrorClass::External, true, what);
+        let layout = location.layout();
+        let Some(meta) = location.executor_meta.clone() else {
+            return Err(Failure::new(
+                ErrorClass::Internal,
+                false,
+                "a result partition without its executor",
+            ));
+        };
+        let Some(partition_id) = location.partition_id.clone() else {
+            return Err(Failure::new(
+                ErrorClass::Internal,
+                false,
+                "a result partition without its id",
+            ));
+        };
+        let port = u16::try_from(meta.port)
+            .map_err(|_| lost(format!("executor {} port {}", meta.id, meta.port)))?;
+        let mut client =
+            BallistaClient::try_new(&meta.host, port, max_message, false, None, 3, 200, 0, 0)
+                .await
+                .map_err(|e| {
+                    lost(format!(
+                        "cannot reach executor {} at {}:{} for a result: {e}",
+                        meta.id, meta.host, port
+                    ))
+                })?;
+        let stream = client
+            .fetch_partition(&meta.id, &partition_id.clone().into(), location.file_id, layout, true)
+            .await
+            .map_err(|e| lost(format!("fetching a result from executor {}: {e}", meta.id)))?;
+        let batches: Vec<RecordBatch> = stream
+            .try_collect()
+            .await
+            .map_err(|e| lost(format!("reading a result from executor {}: {e}", meta.id)))?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if let Some(stats) = &location.partition_stats
+            && stats.num_rows >= 0
+            && rows as i64 != stats.num_rows
+        {
+            return Err(lost(format!(
+                "result partition {} of executor {} gave {rows} of its {} rows (the executor went away?)",
+                partition_id.partition_id, meta.id, stats.num_rows
+            )));
+        }
+        out.extend(batches);
+    }
+    Ok(out)
+}
+
+/// Plain DataFusion in this process (`sluice backfill --local`).
+pub struct LocalEngine {
+    pub ctx: SessionContext,
+}
+
+#[async_trait]
+impl Engine for LocalEngine {
+    async fn session(
+        &self,
+        _name: &str,
+        _settings: &[(String, String)],
+    ) -> Result<SessionContext, Failure> {
+        Ok(self.ctx.clone())
+    }
+
+    async fn run(
+        &self,
+        ctx: &SessionContext,
+        _job_name: &str,
+        sql: &str,
+        _jobs: &JobIds,
+    ) -> Result<Vec<RecordBatch>, Failure> {
+        let df = ctx.sql(sql).await.map_err(|e| Failure::of_datafusion(&e))?;
+        df.collect().await.map_err(|e| Failure::of_datafusion(&e))
+    }
+
+    async fn cancel(&self, _job_id: &str) {}
+}

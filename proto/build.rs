@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/plans.proto",
         "proto/sluice/v1/tables.proto",
         "proto/sluice/v1/backfill.proto",
+        "proto/sluice/v1/catalog.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -7,7 +7,10 @@
 //!   executors re-registered);
 //! * **first new task**: the new leader's first job has started (a task of
 //!   it ran; read from its REST API);
-//! * **first answer**: the client's first query that succeeds after the kill.
+//! * **first answer**: the client's first query that succeeds after the kill;
+//! * **backfill resumed**: a backfill submitted with `--detach` before the
+//!   kill (no client follows it) has a chunk job running on the new leader;
+//! * **backfill done**: that backfill has committed its last date.
 //!
 //! Prints min / median / max over the runs.
 
@@ -59,6 +62,24 @@ struct Run {
     ready: Duration,
     first_task: Duration,
     first_answer: Duration,
+    backfill_resumed: Duration,
+    backfill_done: Duration,
+}
+
+/// Whether `scheduler` has started a job of backfill `id` (its job names carry it).
+fn backfill_job_started(rt: &tokio::runtime::Runtime, scheduler: &str, id: &str) -> bool {
+    rt.block_on(async {
+        let Ok((200, body)) =
+            sluice_client::http::get(scheduler, "/api/jobs", Duration::from_secs(1)).await
+        else {
+            return false;
+        };
+        let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+        jobs.iter().any(|j| {
+            j["job_name"].as_str().is_some_and(|n| n.contains(id))
+                && j["status"].as_str() != Some("Queued")
+        })
+    })
 }
 
 fn one(bench: &FailoverBench, round: usize, data: &std::path::Path) -> anyhow::Result<Run> {
@@ -109,6 +130,27 @@ fn one(bench: &FailoverBench, round: usize, data: &std::path::Path) -> anyhow::R
     };
     poll(Duration::from_secs(60), || answers.lock().ok().filter(|a| a.len() >= 2).map(|_| ()))
         .context("queries answered before the kill")?;
+    // A backfill the cluster owns: submitted, then nobody follows it.
+    let out = tmp.path().join("features");
+    let opts = sluice_client::backfill::BackfillOptions {
+        spec: sluice_tests::workspace_root().join("sql/jobs/churn.yaml"),
+        from: chrono::NaiveDate::from_ymd_opt(2024, 1, 5).context("date")?,
+        to: chrono::NaiveDate::from_ymd_opt(2024, 1, 30).context("date")?,
+        target: Target::Cluster(target.clone()),
+        data_dir: Some(data.to_path_buf()),
+        output: Some(out.clone()),
+        chunk_days: 2,
+        parallel: 1,
+        settings: vec![],
+        progress: false,
+        token: None,
+    };
+    let (record, _) = rt.block_on(sluice_client::backfill::submit(&opts))?;
+    let id = record.id.clone();
+    poll(Duration::from_secs(120), || {
+        (sluice_client::backfill::committed_dates(&out).len() >= 2).then_some(())
+    })
+    .context("backfill dates committed before the kill")?;
     let killed = Instant::now();
     s1.kill();
     let ready = poll(Duration::from_secs(120), || {
@@ -123,9 +165,17 @@ fn one(bench: &FailoverBench, round: usize, data: &std::path::Path) -> anyhow::R
         answers.lock().ok()?.iter().find(|t| **t > killed).map(|t| t.duration_since(killed))
     })
     .context("first answer after the kill")?;
+    let backfill_resumed = poll(Duration::from_secs(120), || {
+        backfill_job_started(&rt, &s2.addr, &id).then(|| killed.elapsed())
+    })
+    .context("a chunk job of the backfill on the new leader")?;
+    let backfill_done = poll(Duration::from_secs(300), || {
+        (sluice_client::backfill::committed_dates(&out).len() == 26).then(|| killed.elapsed())
+    })
+    .context("the backfill completed by the new leader")?;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), client).await });
-    Ok(Run { ready, first_task, first_answer })
+    Ok(Run { ready, first_task, first_answer, backfill_resumed, backfill_done })
 }
 
 fn stats(label: &str, mut xs: Vec<Duration>) {
@@ -151,10 +201,12 @@ pub fn run(bench: &FailoverBench) -> anyhow::Result<()> {
     for round in 0..bench.runs {
         let r = one(bench, round, data_dir.path()).with_context(|| format!("run {round}"))?;
         println!(
-            "run {round}: standby ready {:.2} s, first new task {:.2} s, first answer {:.2} s",
+            "run {round}: standby ready {:.2} s, first new task {:.2} s, first answer {:.2} s, backfill resumed {:.2} s, backfill done {:.2} s",
             r.ready.as_secs_f64(),
             r.first_task.as_secs_f64(),
-            r.first_answer.as_secs_f64()
+            r.first_answer.as_secs_f64(),
+            r.backfill_resumed.as_secs_f64(),
+            r.backfill_done.as_secs_f64()
         );
         runs.push(r);
     }
@@ -162,5 +214,7 @@ pub fn run(bench: &FailoverBench) -> anyhow::Result<()> {
     stats("standby ready (/readyz 200)", runs.iter().map(|r| r.ready).collect());
     stats("first new task on the new leader", runs.iter().map(|r| r.first_task).collect());
     stats("first query answered", runs.iter().map(|r| r.first_answer).collect());
+    stats("backfill resumed (a chunk job runs)", runs.iter().map(|r| r.backfill_resumed).collect());
+    stats("backfill done (26 dates)", runs.iter().map(|r| r.backfill_done).collect());
     Ok(())
 }

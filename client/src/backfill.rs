@@ -27,6 +27,7 @@ use sluice_proto::pb;
 use sluice_proto::pb::backfill_event::Event as Ev;
 use sluice_proto::pb::backfill_service_client::BackfillServiceClient;
 use sluice_proto::{ErrorClass, HostPort};
+pub use sluice_scheduler::backfill::BackfillId;
 use sluice_sql::job::plan;
 use sluice_sql::job::prepare::HotEntities;
 use sluice_sql::job::spec::JobSpec;
@@ -233,7 +234,7 @@ impl Service {
 
     /// # Errors
     /// `NOT_FOUND` as [`Error::Usage`].
-    pub async fn get(&mut self, id: &str) -> Result<pb::Backfill> {
+    pub async fn get(&mut self, id: &BackfillId) -> Result<pb::Backfill> {
         let r = self
             .client
             .get(self.req(pb::GetBackfillRequest { id: id.to_string() }))
@@ -255,7 +256,7 @@ impl Service {
 
     /// # Errors
     /// A second cancel (or of a finished backfill) is [`Error::Usage`].
-    pub async fn cancel(&mut self, id: &str) -> Result<pb::Backfill> {
+    pub async fn cancel(&mut self, id: &BackfillId) -> Result<pb::Backfill> {
         let r = self
             .client
             .cancel(self.req(pb::CancelBackfillRequest { id: id.to_string() }))
@@ -266,7 +267,7 @@ impl Service {
 
     async fn watch(
         &mut self,
-        id: &str,
+        id: &BackfillId,
     ) -> std::result::Result<tonic::Streaming<pb::BackfillEvent>, tonic::Status> {
         Ok(self
             .client
@@ -350,7 +351,7 @@ impl Follower {
 }
 
 /// How to follow a backfill again, and how to stop it.
-fn reattach_hint(id: &str, target: &Target) -> String {
+fn reattach_hint(id: &BackfillId, target: &Target) -> String {
     let at = match target {
         Target::Scheduler(a) => format!("--scheduler {a}"),
         Target::Cluster(c) => {
@@ -371,7 +372,7 @@ fn reattach_hint(id: &str, target: &Target) -> String {
 pub async fn watch(
     target: &Target,
     token: Option<&str>,
-    id: &str,
+    id: &BackfillId,
     progress: bool,
 ) -> Result<pb::Backfill> {
     let mut follower = Follower::new(progress);
@@ -518,7 +519,8 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
                 "local",
             );
             let record = hub.submit(request).await.map_err(|s| from_status(&s))?;
-            let rx = hub.watch(&record.id).await.map_err(|s| from_status(&s))?;
+            let id: BackfillId = record.id.parse().map_err(Error::Usage)?;
+            let rx = hub.watch(&id).await.map_err(|s| from_status(&s))?;
             follow_stream(tokio_stream::wrappers::ReceiverStream::new(rx), opts.progress).await?
         }
         Target::Standalone => {
@@ -529,7 +531,8 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
             })?;
             let mut service = Service::connect(&scheduler, None).await?;
             let record = service.submit(request).await?;
-            let stream = service.watch(&record.id).await.map_err(|s| from_status(&s))?;
+            let id: BackfillId = record.id.parse().map_err(Error::Usage)?;
+            let stream = service.watch(&id).await.map_err(|s| from_status(&s))?;
             let done = follow_stream(stream, opts.progress).await;
             drop(conn);
             done?
@@ -538,7 +541,8 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
             let mut service = Service::of(&opts.target, opts.token.as_deref()).await?;
             let record = service.submit(request).await?;
             tracing::info!(backfill = %record.id, scheduler = %service.scheduler, "backfill submitted");
-            watch(&opts.target, opts.token.as_deref(), &record.id, opts.progress).await?
+            let id: BackfillId = record.id.parse().map_err(Error::Usage)?;
+            watch(&opts.target, opts.token.as_deref(), &id, opts.progress).await?
         }
     };
     outcome(&record, started.elapsed().as_secs_f64())

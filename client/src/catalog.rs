@@ -1,6 +1,6 @@
 //! `sluice table …` and backfill registration: the persistent catalog,
 //! either a local file (embedded mode) or the scheduler's, reached over its
-//! Flight SQL endpoint with a token (`sluice.table.*` actions).
+//! Flight SQL endpoint with a token (catalog actions, `proto/sluice/v1/catalog.proto`).
 
 use std::path::{Path, PathBuf};
 
@@ -101,32 +101,50 @@ impl FlightSqlEndpoint {
     }
 
     /// Runs one action and returns its first result body.
-    async fn action(&self, kind: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+    /// Runs catalog action `kind` with `request`; decodes its reply.
+    async fn action<Req: prost::Message, Reply: prost::Message + Default>(
+        &self,
+        kind: sluice_proto::pb::CatalogAction,
+        request: &Req,
+    ) -> Result<std::result::Result<Reply, tonic::Status>> {
         let mut client = FlightServiceClient::new(self.channel().await?);
-        let mut request =
-            tonic::Request::new(Action { r#type: kind.to_string(), body: body.into() });
+        let mut call = tonic::Request::new(Action {
+            r#type: sluice_proto::catalog::action_type(kind).to_string(),
+            body: request.encode_to_vec().into(),
+        });
         if let Some(token) = &self.token {
             let value = format!("Bearer {token}").parse().map_err(|_| {
                 Error::Usage("the token contains characters not allowed in a header".into())
             })?;
-            request.metadata_mut().insert("authorization", value);
+            call.metadata_mut().insert("authorization", value);
         }
-        let status = |s: tonic::Status| Error::Query {
-            message: format!("{} ({:?})", s.message(), s.code()),
-            class: match s.code() {
-                tonic::Code::Unauthenticated
-                | tonic::Code::PermissionDenied
-                | tonic::Code::InvalidArgument
-                | tonic::Code::NotFound
-                | tonic::Code::FailedPrecondition => sluice_proto::ErrorClass::User,
-                _ => sluice_proto::ErrorClass::External,
-            },
-        };
-        let mut stream = client.do_action(request).await.map_err(status)?.into_inner();
-        match stream.message().await.map_err(status)? {
-            Some(result) => Ok(result.body.to_vec()),
-            None => Ok(Vec::new()),
+        let reply = async {
+            let mut stream = client.do_action(call).await?.into_inner();
+            Ok::<_, tonic::Status>(stream.message().await?.map(|r| r.body).unwrap_or_default())
         }
+        .await;
+        Ok(match reply {
+            Ok(body) => Reply::decode(body.as_ref())
+                .map_err(|e| tonic::Status::internal(format!("bad reply from the scheduler: {e}"))),
+            Err(s) => Err(s),
+        })
+    }
+}
+
+/// A refused catalog action as a client error; the status code decides
+/// its class.
+fn action_error(s: tonic::Status) -> Error {
+    Error::Query {
+        message: format!("{} ({:?})", s.message(), s.code()),
+        class: match s.code() {
+            tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition => sluice_proto::ErrorClass::User,
+            tonic::Code::Internal => sluice_proto::ErrorClass::Internal,
+            _ => sluice_proto::ErrorClass::External,
+        },
     }
 }
 
@@ -162,33 +180,34 @@ pub async fn run_sql_flight(
     Ok(batches)
 }
 
-fn json_error(e: serde_json::Error) -> Error {
-    Error::Query {
-        message: format!("bad reply from the scheduler: {e}"),
-        class: sluice_proto::ErrorClass::Internal,
-    }
-}
-
 /// Registers (or replaces) a table; returns the entry it replaced.
 pub async fn register(target: &CatalogTarget, entry: CatalogEntry) -> Result<Option<CatalogEntry>> {
+    use sluice_proto::pb;
     entry.validate()?;
     match target {
         CatalogTarget::File(path) => Ok(FileCatalog::new(path).register(entry)?),
         CatalogTarget::FlightSql(endpoint) => {
-            let body = serde_json::to_vec(&entry).map_err(json_error)?;
-            let reply = endpoint.action("sluice.table.register", body).await?;
-            serde_json::from_slice(&reply).map_err(json_error)
+            let request = pb::RegisterTable { table: Some(entry.into()) };
+            let reply: pb::RegisterTableResult = endpoint
+                .action(pb::CatalogAction::Register, &request)
+                .await?
+                .map_err(action_error)?;
+            Ok(reply.replaced.map(Into::into))
         }
     }
 }
 
 /// Every table.
 pub async fn list(target: &CatalogTarget) -> Result<Vec<CatalogEntry>> {
+    use sluice_proto::pb;
     match target {
         CatalogTarget::File(path) => Ok(FileCatalog::new(path).list()?),
         CatalogTarget::FlightSql(endpoint) => {
-            let reply = endpoint.action("sluice.table.list", Vec::new()).await?;
-            serde_json::from_slice(&reply).map_err(json_error)
+            let reply: pb::ListTablesResult = endpoint
+                .action(pb::CatalogAction::List, &pb::ListTables {})
+                .await?
+                .map_err(action_error)?;
+            Ok(reply.tables.into_iter().map(Into::into).collect())
         }
     }
 }
@@ -198,15 +217,20 @@ pub async fn list(target: &CatalogTarget) -> Result<Vec<CatalogEntry>> {
 /// # Errors
 /// [`Error::Usage`] when there is no such table.
 pub async fn drop_table(target: &CatalogTarget, name: &str) -> Result<CatalogEntry> {
+    use sluice_proto::pb;
     let missing =
         || Error::Usage(format!("no table {name} in the catalog; see `sluice table list`"));
     match target {
         CatalogTarget::File(path) => FileCatalog::new(path).drop_table(name)?.ok_or_else(missing),
         CatalogTarget::FlightSql(endpoint) => {
-            match endpoint.action("sluice.table.drop", name.as_bytes().to_vec()).await {
-                Ok(reply) => serde_json::from_slice(&reply).map_err(json_error),
-                Err(Error::Query { message, .. }) if message.contains("NotFound") => Err(missing()),
-                Err(e) => Err(e),
+            let request = pb::DropTable { name: name.to_string() };
+            match endpoint
+                .action::<_, pb::DropTableResult>(pb::CatalogAction::Drop, &request)
+                .await?
+            {
+                Ok(reply) => reply.dropped.map(Into::into).ok_or_else(missing),
+                Err(s) if s.code() == tonic::Code::NotFound => Err(missing()),
+                Err(s) => Err(action_error(s)),
             }
         }
     }

@@ -7,6 +7,7 @@
 //! executors otherwise speak Ballista's protocol.
 
 mod addr;
+pub mod catalog;
 mod error;
 pub mod etcd;
 pub mod logging;

@@ -46,6 +46,7 @@ use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use futures::Stream;
 use prost::Message;
 use sluice_proto::HostPort;
+use sluice_proto::pb::CatalogAction;
 use sluice_sql::catalog::{CatalogEntry, FileCatalog};
 use sluice_sql::roots::DataRoots;
 use tonic::metadata::MetadataMap;
@@ -289,9 +290,6 @@ pub struct SluiceFlightSql {
 
 /// Ballista's action tag for a partition handle (`ticket.rs`).
 const PARTITION_HANDLE: u8 = 0;
-const ACTION_REGISTER: &str = "sluice.table.register";
-const ACTION_DROP: &str = "sluice.table.drop";
-const ACTION_LIST: &str = "sluice.table.list";
 
 impl SluiceFlightSql {
     /// Checks the call's credentials; returns the caller's role.
@@ -424,37 +422,58 @@ impl SluiceFlightSql {
         })
     }
 
-    /// Runs a `sluice.table.*` action.
-    fn catalog_action(&self, role: Role, action: &Action) -> std::result::Result<Vec<u8>, Status> {
+    /// Runs a catalog action (`proto/sluice/v1/catalog.proto`).
+    fn catalog_action(
+        &self,
+        role: Role,
+        kind: CatalogAction,
+        action: &Action,
+    ) -> std::result::Result<Vec<u8>, Status> {
+        use sluice_proto::pb;
         let user = |e: sluice_sql::Error| Status::invalid_argument(e.to_string());
-        if action.r#type != ACTION_LIST && role != Role::Admin {
+        let name = sluice_proto::catalog::action_type(kind);
+        if kind != CatalogAction::List && role != Role::Admin {
             return Err(Status::permission_denied(format!(
-                "{} needs a token with the admin role",
-                action.r#type
+                "{name} needs a token with the admin role"
             )));
         }
+        let bad_body = |what: &str, e: prost::DecodeError| {
+            Status::invalid_argument(format!("{name}: the body is not a sluice.v1.{what}: {e}"))
+        };
         let catalog = self.catalog()?;
-        match action.r#type.as_str() {
-            ACTION_REGISTER => {
-                let entry: CatalogEntry = serde_json::from_slice(&action.body).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "{ACTION_REGISTER}: body: {e}; expected {{\"name\", \"path\", \"format\", \"partitioned_by\"}}"
-                    ))
-                })?;
+        match kind {
+            CatalogAction::Register => {
+                let request = pb::RegisterTable::decode(action.body.as_ref())
+                    .map_err(|e| bad_body("RegisterTable", e))?;
+                let entry: CatalogEntry = request
+                    .table
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!("{name}: RegisterTable.table is missing"))
+                    })?
+                    .into();
+                entry.validate().map_err(user)?;
                 self.roots
                     .check(&format!("table {}", entry.name), &entry.path)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 let replaced = catalog.register(entry).map_err(user)?;
-                Ok(serde_json::to_vec(&replaced).unwrap_or_default())
+                Ok(pb::RegisterTableResult { replaced: replaced.map(Into::into) }.encode_to_vec())
             }
-            ACTION_DROP => {
-                let name = String::from_utf8_lossy(&action.body).to_string();
-                match catalog.drop_table(&name).map_err(user)? {
-                    Some(old) => Ok(serde_json::to_vec(&old).unwrap_or_default()),
-                    None => Err(Status::not_found(format!("no table {name} in the catalog"))),
+            CatalogAction::Drop => {
+                let request = pb::DropTable::decode(action.body.as_ref())
+                    .map_err(|e| bad_body("DropTable", e))?;
+                match catalog.drop_table(&request.name).map_err(user)? {
+                    Some(old) => {
+                        Ok(pb::DropTableResult { dropped: Some(old.into()) }.encode_to_vec())
+                    }
+                    None => {
+                        Err(Status::not_found(format!("no table {} in the catalog", request.name)))
+                    }
                 }
             }
-            _ => Ok(serde_json::to_vec(&catalog.list().map_err(user)?).unwrap_or_default()),
+            CatalogAction::List | CatalogAction::Unspecified => {
+                let tables = catalog.list().map_err(user)?.into_iter().map(Into::into).collect();
+                Ok(pb::ListTablesResult { tables }.encode_to_vec())
+            }
         }
     }
 }
@@ -578,8 +597,8 @@ impl FlightService for SluiceFlightSql {
     ) -> std::result::Result<Response<Self::DoActionStream>, Status> {
         let (role, request) = self.admit(request)?;
         let action = request.get_ref();
-        if action.r#type.starts_with("sluice.table.") {
-            let body = self.catalog_action(role, action)?;
+        if let Some(kind) = sluice_proto::catalog::parse_action_type(&action.r#type) {
+            let body = self.catalog_action(role, kind, action)?;
             let result = arrow_flight::Result { body: body.into() };
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))));
         }
@@ -593,20 +612,16 @@ impl FlightService for SluiceFlightSql {
         request: Request<Empty>,
     ) -> std::result::Result<Response<Self::ListActionsStream>, Status> {
         let (_, request) = self.admit(request)?;
-        let mut actions: Vec<std::result::Result<ActionType, Status>> = vec![
-            Ok(ActionType {
-                r#type: ACTION_LIST.into(),
-                description: "list the catalog's tables (JSON)".into(),
-            }),
-            Ok(ActionType {
-                r#type: ACTION_REGISTER.into(),
-                description: "register a table (admin)".into(),
-            }),
-            Ok(ActionType {
-                r#type: ACTION_DROP.into(),
-                description: "drop a table (admin)".into(),
-            }),
-        ];
+        let mut actions: Vec<std::result::Result<ActionType, Status>> =
+            sluice_proto::catalog::ACTIONS
+                .iter()
+                .map(|(kind, description)| {
+                    Ok(ActionType {
+                        r#type: sluice_proto::catalog::action_type(*kind).into(),
+                        description: (*description).into(),
+                    })
+                })
+                .collect();
         let mut inner = self.inner.list_actions(request).await?.into_inner();
         while let Some(a) = futures::StreamExt::next(&mut inner).await {
             actions.push(a);

@@ -48,6 +48,18 @@ pub struct CatalogEntry {
     pub partitioned_by: Vec<String>,
 }
 
+impl From<CatalogEntry> for sluice_proto::pb::TableEntry {
+    fn from(e: CatalogEntry) -> Self {
+        Self { name: e.name, path: e.path, format: e.format, partitioned_by: e.partitioned_by }
+    }
+}
+
+impl From<sluice_proto::pb::TableEntry> for CatalogEntry {
+    fn from(e: sluice_proto::pb::TableEntry) -> Self {
+        Self { name: e.name, path: e.path, format: e.format, partitioned_by: e.partitioned_by }
+    }
+}
+
 impl CatalogEntry {
     /// Checks the name and format a user typed.
     ///

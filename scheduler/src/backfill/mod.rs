@@ -30,9 +30,45 @@ use tonic::{Request, Response, Status};
 pub use engine::{ClusterEngine, Engine, LocalEngine};
 pub use store::{Store, StoreError};
 
-/// A new backfill id: `bf-` and 12 hex digits.
-pub fn new_id() -> String {
-    format!("bf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+/// A backfill's id: `bf-` and 12 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackfillId(String);
+
+impl BackfillId {
+    /// A fresh id.
+    pub fn generate() -> Self {
+        Self(format!("bf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for BackfillId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hex = s.strip_prefix("bf-").unwrap_or_default();
+        if hex.len() == 12 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "'{s}' is not a backfill id; expected bf- and 12 hex digits, e.g. bf-1a2b3c4d5e6f"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for BackfillId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A backfill id from a request, or `INVALID_ARGUMENT`.
+fn parse_id(s: &str) -> Result<BackfillId, Status> {
+    s.parse().map_err(Status::invalid_argument)
 }
 
 /// A backfill being run by this process.
@@ -48,7 +84,7 @@ pub struct Hub {
     store: Store,
     /// This scheduler's id, recorded as each backfill's owner.
     owner: String,
-    live: Mutex<HashMap<String, Live>>,
+    live: Mutex<HashMap<BackfillId, Live>>,
 }
 
 fn status_of(f: &sluice_sql::job::backfill::Failure) -> Status {
@@ -73,14 +109,15 @@ impl Hub {
         record.updated_ms = now_ms();
         record.runner_alive = false;
         self.store.save(&record).await?;
-        if let Some(live) = self.live.lock().await.get_mut(&record.id) {
+        let Ok(id) = parse_id(&record.id) else { return Ok(()) };
+        if let Some(live) = self.live.lock().await.get_mut(&id) {
             record.runner_alive = true;
             live.record = record;
         }
         Ok(())
     }
 
-    pub(crate) async fn publish(&self, id: &str, e: Ev) {
+    pub(crate) async fn publish(&self, id: &BackfillId, e: Ev) {
         if let Some(live) = self.live.lock().await.get(id) {
             let _ = live.events.send(event(e));
         }
@@ -88,14 +125,15 @@ impl Hub {
 
     /// The runner of `record` ended.
     pub(crate) async fn finished(&self, record: pb::Backfill) {
-        if let Some(live) = self.live.lock().await.remove(&record.id) {
+        let Ok(id) = parse_id(&record.id) else { return };
+        if let Some(live) = self.live.lock().await.remove(&id) {
             let _ = live.events.send(event(Ev::Finished(record)));
         }
     }
 
     /// The runner stopped without ending the backfill (this scheduler was
     /// deposed): watchers are cut off so they follow the new leader.
-    pub(crate) async fn forget(&self, id: &str) {
+    pub(crate) async fn forget(&self, id: &BackfillId) {
         self.live.lock().await.remove(id);
     }
 
@@ -108,7 +146,7 @@ impl Hub {
         self: &Arc<Self>,
         request: pb::BackfillRequest,
     ) -> Result<pb::Backfill, Status> {
-        let id = new_id();
+        let id = BackfillId::generate();
         let compiled = runner::compile(self.engine.as_ref(), &format!("backfill-{id}"), &request)
             .await
             .map_err(|f| status_of(&f))?;
@@ -128,7 +166,7 @@ impl Hub {
         }
         let (chunks, total, already) = runner::plan_chunks(&compiled, &request);
         let record = pb::Backfill {
-            id: id.clone(),
+            id: id.to_string(),
             request: Some(request),
             state: pb::BackfillState::Running as i32,
             owner: self.owner.clone(),
@@ -141,20 +179,22 @@ impl Hub {
         };
         self.store.save(&record).await.map_err(|e| Status::unavailable(e.to_string()))?;
         tracing::info!(backfill = %id, chunks = chunks.len(), dates = total - already, "backfill submitted");
-        self.spawn(record.clone(), compiled).await;
+        self.spawn(id, record.clone(), compiled).await;
         Ok(record)
     }
 
-    async fn spawn(self: &Arc<Self>, record: pb::Backfill, compiled: runner::Compiled) {
+    async fn spawn(
+        self: &Arc<Self>,
+        id: BackfillId,
+        record: pb::Backfill,
+        compiled: runner::Compiled,
+    ) {
         let (events, _) = broadcast::channel(1024);
         let (cancel, cancelled) = watch::channel(false);
         let mut live_record = record.clone();
         live_record.runner_alive = true;
-        self.live
-            .lock()
-            .await
-            .insert(record.id.clone(), Live { events, cancel, record: live_record });
-        tokio::spawn(runner::drive(Arc::clone(self), record, compiled, cancelled));
+        self.live.lock().await.insert(id.clone(), Live { events, cancel, record: live_record });
+        tokio::spawn(runner::drive(Arc::clone(self), id, record, compiled, cancelled));
     }
 
     /// Resumes every running backfill of the store (a new leader's first
@@ -170,7 +210,11 @@ impl Hub {
             }
         };
         for mut record in records.into_iter().filter(|r| r.state() == pb::BackfillState::Running) {
-            if self.live.lock().await.contains_key(&record.id) {
+            let Ok(id) = parse_id(&record.id) else {
+                tracing::warn!(id = %record.id, "a backfill record with a malformed id; skipped");
+                continue;
+            };
+            if self.live.lock().await.contains_key(&id) {
                 continue;
             }
             let previous = std::mem::replace(&mut record.owner, self.owner.clone());
@@ -189,8 +233,7 @@ impl Hub {
                         tracing::warn!(backfill = %record.id, error = %e, "cannot take the backfill over");
                         continue;
                     }
-                    let id = record.id.clone();
-                    self.spawn(record, compiled).await;
+                    self.spawn(id.clone(), record, compiled).await;
                     self.publish(&id, Ev::ResumedBy(self.owner.clone())).await;
                 }
                 Err(f) => {
@@ -209,11 +252,11 @@ impl Hub {
     ///
     /// # Errors
     /// `NOT_FOUND`; `UNAVAILABLE` when the store cannot be read.
-    pub async fn get(&self, id: &str) -> Result<pb::Backfill, Status> {
+    pub async fn get(&self, id: &BackfillId) -> Result<pb::Backfill, Status> {
         if let Some(live) = self.live.lock().await.get(id) {
             return Ok(live.record.clone());
         }
-        match self.store.get(id).await {
+        match self.store.get(id.as_str()).await {
             Ok(Some(mut r)) => {
                 r.runner_alive = false;
                 Ok(r)
@@ -231,7 +274,7 @@ impl Hub {
         let mut all = self.store.list().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let live = self.live.lock().await;
         for r in &mut all {
-            if let Some(l) = live.get(&r.id) {
+            if let Some(l) = parse_id(&r.id).ok().and_then(|id| live.get(&id)) {
                 *r = l.record.clone();
             }
         }
@@ -245,7 +288,7 @@ impl Hub {
     /// As [`Hub::get`].
     pub async fn watch(
         &self,
-        id: &str,
+        id: &BackfillId,
     ) -> Result<tokio::sync::mpsc::Receiver<Result<pb::BackfillEvent, Status>>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let subscription =
@@ -253,7 +296,7 @@ impl Hub {
         match subscription {
             Some((mut events, snapshot)) => {
                 let _ = tx.send(Ok(event(Ev::Snapshot(snapshot)))).await;
-                let id = id.to_string();
+                let id = id.clone();
                 tokio::spawn(async move {
                     loop {
                         match events.recv().await {
@@ -299,7 +342,7 @@ impl Hub {
     ///
     /// # Errors
     /// `FAILED_PRECONDITION` when it has already ended; `NOT_FOUND`.
-    pub async fn cancel(&self, id: &str) -> Result<pb::Backfill, Status> {
+    pub async fn cancel(&self, id: &BackfillId) -> Result<pb::Backfill, Status> {
         let subscription = {
             let live = self.live.lock().await;
             live.get(id).map(|l| {
@@ -355,7 +398,7 @@ impl pb::backfill_service_server::BackfillService for BackfillGrpc {
         &self,
         request: Request<pb::GetBackfillRequest>,
     ) -> Result<Response<pb::Backfill>, Status> {
-        Ok(Response::new(self.0.get(&request.into_inner().id).await?))
+        Ok(Response::new(self.0.get(&parse_id(&request.into_inner().id)?).await?))
     }
 
     async fn list(
@@ -371,7 +414,7 @@ impl pb::backfill_service_server::BackfillService for BackfillGrpc {
         &self,
         request: Request<pb::WatchBackfillRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let rx = self.0.watch(&request.into_inner().id).await?;
+        let rx = self.0.watch(&parse_id(&request.into_inner().id)?).await?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
@@ -379,7 +422,7 @@ impl pb::backfill_service_server::BackfillService for BackfillGrpc {
         &self,
         request: Request<pb::CancelBackfillRequest>,
     ) -> Result<Response<pb::Backfill>, Status> {
-        Ok(Response::new(self.0.cancel(&request.into_inner().id).await?))
+        Ok(Response::new(self.0.cancel(&parse_id(&request.into_inner().id)?).await?))
     }
 }
 

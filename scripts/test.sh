@@ -24,13 +24,16 @@ need_apt() { # need_apt COMMAND PACKAGE
 need_apt protoc protobuf-compiler
 # etcd: the high-availability tests start their own etcd (tests/tests/ha.rs).
 need_apt etcd etcd-server
+# ip: the multi-host storage test puts each process in a network namespace.
+need_apt ip iproute2
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest ..." >&2
   cargo install cargo-nextest --locked
 fi
 
-# Python ADBC (Flight SQL tests): a venv, created when missing.
+# Python (ADBC for Flight SQL; moto, SeaweedFS, deltalake and polars for the
+# object-storage tests): a venv, created when missing.
 SLUICE_PYTHON="$(scripts/python-venv.sh)"
 export SLUICE_PYTHON
 

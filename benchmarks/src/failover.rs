@@ -141,16 +141,15 @@ fn one(bench: &FailoverBench, round: usize, data: &std::path::Path) -> anyhow::R
         output: Some(out.clone()),
         chunk_days: 2,
         parallel: 1,
+        replace: false,
         settings: vec![],
         progress: false,
         token: None,
     };
     let (record, _) = rt.block_on(sluice_client::backfill::submit(&opts))?;
     let id = record.id.clone();
-    poll(Duration::from_secs(120), || {
-        (sluice_client::backfill::committed_dates(&out).len() >= 2).then_some(())
-    })
-    .context("backfill dates committed before the kill")?;
+    poll(Duration::from_secs(120), || (committed(&rt, &out) >= 2).then_some(()))
+        .context("backfill dates committed before the kill")?;
     let killed = Instant::now();
     s1.kill();
     let ready = poll(Duration::from_secs(120), || {
@@ -169,10 +168,9 @@ fn one(bench: &FailoverBench, round: usize, data: &std::path::Path) -> anyhow::R
         backfill_job_started(&rt, &s2.addr, &id).then(|| killed.elapsed())
     })
     .context("a chunk job of the backfill on the new leader")?;
-    let backfill_done = poll(Duration::from_secs(300), || {
-        (sluice_client::backfill::committed_dates(&out).len() == 26).then(|| killed.elapsed())
-    })
-    .context("the backfill completed by the new leader")?;
+    let backfill_done =
+        poll(Duration::from_secs(300), || (committed(&rt, &out) == 26).then(|| killed.elapsed()))
+            .context("the backfill completed by the new leader")?;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), client).await });
     Ok(Run { ready, first_task, first_answer, backfill_resumed, backfill_done })
@@ -217,4 +215,11 @@ pub fn run(bench: &FailoverBench) -> anyhow::Result<()> {
     stats("backfill resumed (a chunk job runs)", runs.iter().map(|r| r.backfill_resumed).collect());
     stats("backfill done (26 dates)", runs.iter().map(|r| r.backfill_done).collect());
     Ok(())
+}
+
+/// Dates in the Delta table at `out` (0 while it cannot be read).
+fn committed(rt: &tokio::runtime::Runtime, out: &std::path::Path) -> usize {
+    rt.block_on(sluice_client::backfill::committed_dates(&out.to_string_lossy()))
+        .map(|d| d.len())
+        .unwrap_or(0)
 }

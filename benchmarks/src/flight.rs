@@ -116,6 +116,7 @@ pub fn run(b: &FlightBench) -> anyhow::Result<()> {
         output: Some(features.clone()),
         chunk_days: 92,
         parallel: 2,
+        replace: false,
         settings: Vec::new(),
         progress: false,
         token: Some(TOKEN.to_string()),

@@ -18,6 +18,7 @@
 mod failover;
 mod flight;
 mod skew;
+mod storage;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -103,6 +104,24 @@ enum Bench {
         #[arg(long, default_value_t = 0)]
         vcores: usize,
     },
+    /// Object storage: the churn backfill to a Delta table on SeaweedFS (S3) against the
+    /// same backfill on local disk, and the Delta commit latency per chunk.
+    Storage {
+        #[arg(long, default_value_t = 2000)]
+        users: u64,
+        #[arg(long, default_value_t = 365)]
+        dates: u32,
+        /// Feature dates per chunk job (0: automatic).
+        #[arg(long, default_value_t = 0)]
+        chunk_days: u32,
+        /// Runs of each; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        #[arg(long, default_value_t = 0)]
+        vcores: usize,
+    },
     /// Failover: SIGKILL the leader scheduler of an etcd cluster and time the takeover.
     Failover {
         /// Kill/takeover rounds (a fresh cluster each).
@@ -143,6 +162,16 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Bench::Storage { users, dates, chunk_days, iterations, executors, vcores } => {
+            storage::run_bench(&storage::StorageBench {
+                users,
+                dates,
+                chunk_days,
+                iterations: iterations.max(1),
+                executors,
+                vcores,
+            })
+        }
         Bench::Failover { runs, ttl_seconds } => {
             failover::run(&failover::FailoverBench { runs: runs.max(1), ttl_seconds })
         }
@@ -317,6 +346,7 @@ fn churn(
         output: Some(work.path().join(out)),
         chunk_days,
         parallel: 2,
+        replace: false,
         settings: vec![],
         progress: false,
         token: None,

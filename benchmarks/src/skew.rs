@@ -260,6 +260,7 @@ pub fn run(b: &SkewBench) -> anyhow::Result<()> {
                     output: Some(work.path().join(format!("out-{n}"))),
                     chunk_days: 92,
                     parallel: 2,
+                    replace: false,
                     settings: vec![
                         ("datafusion.execution.target_partitions".into(), b.partitions.to_string()),
                         ("ballista.scheduler.max_partitions_per_task".into(), "1".into()),

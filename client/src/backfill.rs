@@ -54,6 +54,9 @@ pub struct BackfillOptions {
     pub chunk_days: u32,
     /// Chunks in flight at once.
     pub parallel: usize,
+    /// Recompute every date of the range, replacing the dates already in
+    /// the output (after a spec change); otherwise only missing dates.
+    pub replace: bool,
     pub settings: Vec<(String, String)>,
     /// Draw a progress bar (when stderr is a terminal).
     pub progress: bool,
@@ -102,9 +105,20 @@ pub fn parse_date(flag: &str, s: &str) -> Result<NaiveDate> {
     sluice_sql::job::backfill::parse_date(flag, s).map_err(Error::Usage)
 }
 
-/// Dates committed in `out` (folders `feature_date=YYYY-MM-DD`).
-pub fn committed_dates(out: &Path) -> std::collections::BTreeSet<NaiveDate> {
-    sluice_scheduler::backfill::runner::committed_dates(out)
+/// Dates with rows in the Delta table at `out` (a local path or a URL);
+/// empty when there is no table. Object-store credentials come from the
+/// `AWS_*` variables.
+///
+/// # Errors
+/// [`Error::Query`] when the store cannot be read.
+pub async fn committed_dates(out: &str) -> Result<std::collections::BTreeSet<NaiveDate>> {
+    let config = sluice_sql::session::local_session_config();
+    let runtime =
+        sluice_sql::session::runtime_env(&config, None).map_err(Error::from_datafusion)?;
+    let url = sluice_sql::storage::folder_url(out).map_err(Error::from_datafusion)?;
+    sluice_sql::delta::committed_dates(&runtime, &url, "feature_date")
+        .await
+        .map_err(|e| Error::Query { message: e.to_string(), class: ErrorClass::External })
 }
 
 /// The request for the service: the spec's text (the scheduler parses it),
@@ -121,9 +135,21 @@ pub fn request(opts: &BackfillOptions) -> Result<pb::BackfillRequest> {
     let absolute = |p: &Option<PathBuf>| -> Result<String> {
         match p {
             None => Ok(String::new()),
+            // An object-store URL (`s3://bucket/prefix`) stays as typed.
+            Some(p) if sluice_sql::storage::is_url(&p.to_string_lossy()) => {
+                Ok(p.to_string_lossy().into_owned())
+            }
             Some(p) => Ok(std::path::absolute(p).map_err(|e| io_err(p, e))?.display().to_string()),
         }
     };
+    // The client's AWS_* variables reach the executors as s3.* settings
+    // (unless --set already gave them).
+    let mut settings: Vec<(String, String)> = opts.settings.clone();
+    for (k, v) in sluice_sql::storage::s3_settings_from_env() {
+        if !settings.iter().any(|(key, _)| *key == k) {
+            settings.push((k, v));
+        }
+    }
     Ok(pb::BackfillRequest {
         spec_text,
         spec_label: opts.spec.display().to_string(),
@@ -133,12 +159,9 @@ pub fn request(opts: &BackfillOptions) -> Result<pb::BackfillRequest> {
         to: opts.to.to_string(),
         chunk_days: opts.chunk_days,
         parallel: u32::try_from(opts.parallel.max(1)).unwrap_or(u32::MAX),
-        settings: opts
-            .settings
-            .iter()
-            .map(|(k, v)| pb::Setting { key: k.clone(), value: v.clone() })
-            .collect(),
+        settings: settings.into_iter().map(|(key, value)| pb::Setting { key, value }).collect(),
         spec_dir: spec_dir.display().to_string(),
+        replace: opts.replace,
     })
 }
 
@@ -473,7 +496,7 @@ pub fn outcome(record: &pb::Backfill, seconds: f64) -> Result<BackfillReport> {
         pb::BackfillState::Cancelled => Err(Error::Usage(format!(
             "backfill {} was cancelled; {} dates stay committed in {} (a rerun completes the rest)",
             record.id,
-            committed_dates(Path::new(&request.output)).len(),
+            record.dates_committed + record.dates_already_committed,
             request.output
         ))),
         _ => {
@@ -765,7 +788,8 @@ async fn prepare_explain(opts: &BackfillOptions) -> Result<Explained> {
         sluice_sql::job::prepare::PrepareError::Engine(e) => Error::from_datafusion(e),
     };
     let tables =
-        sluice_sql::job::prepare::source_tables(&spec, &label, &data_dir).map_err(prep_err)?;
+        sluice_sql::job::prepare::source_tables(&spec, &label, &data_dir.to_string_lossy())
+            .map_err(prep_err)?;
     let conn = connect_as(&opts.target, opts.token.as_deref(), &opts.settings, &tables).await?;
     let prepared = sluice_sql::job::prepare::prepare(&conn.ctx, &spec, &label, opts.from, opts.to)
         .await

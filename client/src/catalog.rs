@@ -91,6 +91,7 @@ impl FlightSqlEndpoint {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))
             .map_err(|e| unreachable(e.to_string()))?;
         if let Some(ca) = &self.tls_ca {
+            sluice_proto::install_crypto();
             let pem = std::fs::read(ca)
                 .map_err(|e| Error::Io { path: ca.display().to_string(), reason: e.to_string() })?;
             endpoint = endpoint

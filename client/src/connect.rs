@@ -145,6 +145,13 @@ pub async fn connect_as(
     }
     // Validate everything local before touching the network.
     let mut config = session::cluster_session_config();
+    // The client's AWS_* variables reach the scheduler and the executors as
+    // s3.* settings (--set wins).
+    let from_env: Vec<(String, String)> = sluice_sql::storage::s3_settings_from_env()
+        .into_iter()
+        .filter(|(k, _)| !settings.iter().any(|(key, _)| key == k))
+        .collect();
+    session::apply_settings(&mut config, &from_env)?;
     session::apply_settings(&mut config, settings)?;
     if let Some(token) = token {
         use ballista::prelude::SessionConfigExt;

@@ -95,6 +95,7 @@ pub async fn run(
         output: Some(output.clone()),
         chunk_days: 31,
         parallel: 2,
+        replace: false,
         settings: vec![],
         progress: true,
         token: None,

@@ -31,10 +31,21 @@ pub const WORKER_STACK_BYTES: usize = 32 * 1024 * 1024;
 /// # Errors
 /// The I/O error when the runtime cannot start.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    install_crypto();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(WORKER_STACK_BYTES)
         .build()
+}
+
+/// Makes ring rustls's process-wide crypto provider (idempotent). Both ring
+/// (tonic's TLS) and aws-lc-rs (deltalake's HTTP client) are compiled in,
+/// and with two rustls picks neither: the first TLS config built would panic.
+pub fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Runs a binary's async `main` on [`runtime`]; exit code 1 when the

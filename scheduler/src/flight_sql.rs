@@ -678,6 +678,7 @@ pub async fn serve(
     let mut builder = Server::builder();
     match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
+            sluice_proto::install_crypto();
             let mut tls = ServerTlsConfig::new()
                 .identity(Identity::from_pem(read(cert, "--tls-cert")?, read(key, "--tls-key")?));
             if let Some(ca) = &config.tls_client_ca {

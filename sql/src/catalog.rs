@@ -75,9 +75,9 @@ impl CatalogEntry {
                 self.name
             )));
         }
-        if !matches!(self.format.as_str(), "parquet" | "csv" | "json") {
+        if !matches!(self.format.as_str(), "parquet" | "csv" | "json" | "delta") {
             return Err(Error::Catalog(format!(
-                "table {}: format {:?}: expected parquet, csv or json",
+                "table {}: format {:?}: expected parquet, csv, json or delta",
                 self.name, self.format
             )));
         }
@@ -225,8 +225,31 @@ impl CatalogSchema {
         self
     }
 
-    async fn open(&self, entry: &CatalogEntry) -> DfResult<Arc<dyn TableProvider>> {
+    async fn open(
+        &self,
+        entry: &CatalogEntry,
+        as_of: Option<crate::delta::AsOf>,
+    ) -> DfResult<Arc<dyn TableProvider>> {
         self.roots.check(&format!("table {}", entry.name), &entry.path)?;
+        if entry.format == "delta" {
+            let url = crate::storage::folder_url(&entry.path)?;
+            let as_of = as_of.unwrap_or(crate::delta::AsOf::Latest);
+            let provider = crate::delta::DeltaTableProvider::load(&self.runtime, &url, as_of)
+                .await
+                .map_err(|e| match e {
+                    crate::delta::DeltaError::Storage { .. } => DataFusionError::External(
+                        format!("catalog table {}: {e}", entry.name).into(),
+                    ),
+                    e => DataFusionError::Plan(format!("catalog table {}: {e}", entry.name)),
+                })?;
+            return Ok(Arc::new(provider));
+        }
+        if let Some(as_of) = as_of {
+            return Err(DataFusionError::Plan(format!(
+                "table {}@…: {as_of} asked for, but only Delta tables have versions ({} is {})",
+                entry.name, entry.path, entry.format
+            )));
+        }
         let url = entry.url()?;
         let options = ListingOptions::new(entry.file_format())
             .with_file_extension(entry.extension())
@@ -256,9 +279,21 @@ impl SchemaProvider for CatalogSchema {
         if let Some(t) = self.local.table(name).await? {
             return Ok(Some(t));
         }
-        let entry = self.catalog.get(name).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // `name@v3` / `name@2026-12-03T10:00:00Z`: a Delta table's earlier
+        // version (time travel).
+        let (base, as_of) = match name.split_once('@') {
+            Some((base, suffix)) => (
+                base,
+                Some(
+                    crate::delta::AsOf::parse(suffix)
+                        .map_err(|m| DataFusionError::Plan(format!("table {name}: {m}")))?,
+                ),
+            ),
+            None => (name, None),
+        };
+        let entry = self.catalog.get(base).map_err(|e| DataFusionError::External(Box::new(e)))?;
         match entry {
-            Some(entry) => Ok(Some(self.open(&entry).await?)),
+            Some(entry) => Ok(Some(self.open(&entry, as_of).await?)),
             None => Ok(None),
         }
     }
@@ -276,7 +311,8 @@ impl SchemaProvider for CatalogSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.local.table_exist(name) || matches!(self.catalog.get(name), Ok(Some(_)))
+        let base = name.split_once('@').map_or(name, |(b, _)| b);
+        self.local.table_exist(name) || matches!(self.catalog.get(base), Ok(Some(_)))
     }
 }
 

@@ -27,6 +27,17 @@ pub enum Error {
     #[error("setting '{key}': {reason}")]
     InvalidSetting { key: String, reason: String },
 
+    #[error(
+        "table '{name}' at '{path}': {source}; check the bucket name and the credentials \
+         (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, or --set s3.*)"
+    )]
+    Storage {
+        name: String,
+        path: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+
     #[error("table '{name}' at '{path}': {source}")]
     Register {
         name: String,
@@ -51,6 +62,7 @@ impl Error {
             | Error::CannotDetectFormat { .. }
             | Error::InvalidSetting { .. }
             | Error::Register { .. }
+            | Error::Storage { .. }
             | Error::Catalog(_) => ErrorClass::User,
             Error::DataFusion(_) => ErrorClass::Internal,
         }

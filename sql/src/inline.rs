@@ -51,6 +51,9 @@ use sluice_proto::pb::InlineTable as InlineTableProto;
 /// encodings are passed to Ballista's codec).
 const MAGIC: &[u8] = b"sluice.v1.InlineTable\0";
 
+/// Marks a Delta table version ([`crate::delta::DeltaTableProvider`]).
+const DELTA_MAGIC: &[u8] = b"sluice.v1.DeltaTableRef\0";
+
 /// The largest in-memory table (Arrow IPC bytes) shipped inside a plan by
 /// default; `sluice.memory_tables.inline_max_bytes` changes it.
 pub const DEFAULT_INLINE_MAX_BYTES: usize = 4 * 1024 * 1024;
@@ -251,6 +254,20 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
         schema: SchemaRef,
         ctx: &TaskContext,
     ) -> Result<Arc<dyn TableProvider>> {
+        if let Some(body) = buf.strip_prefix(DELTA_MAGIC) {
+            let r = sluice_proto::pb::DeltaTableRef::decode(body).map_err(|e| {
+                DataFusionError::Plan(format!("Delta table {table_ref} in the plan: {e}"))
+            })?;
+            let url = url::Url::parse(&r.url).map_err(|e| {
+                DataFusionError::Plan(format!("Delta table {table_ref}: URL {}: {e}", r.url))
+            })?;
+            return Ok(Arc::new(crate::delta::DeltaTableProvider::pinned(
+                url,
+                r.version,
+                schema,
+                &r.partition_columns,
+            )));
+        }
         match buf.strip_prefix(MAGIC) {
             Some(body) => {
                 let partitions = decode_partitions(body, &schema).map_err(|e| {
@@ -272,6 +289,15 @@ impl LogicalExtensionCodec for SluiceLogicalCodec {
             memtable_partitions(mem)?
         } else if let Some(inline) = node.downcast_ref::<InlineTable>() {
             inline.partitions.clone()
+        } else if let Some(delta) = node.downcast_ref::<crate::delta::DeltaTableProvider>() {
+            let r = sluice_proto::pb::DeltaTableRef {
+                url: delta.url().to_string(),
+                version: delta.version(),
+                partition_columns: delta.partition_names(),
+            };
+            buf.extend(DELTA_MAGIC);
+            buf.extend(r.encode_to_vec());
+            return Ok(());
         } else {
             return self.inner.try_encode_table_provider(table_ref, node, buf);
         };

@@ -123,6 +123,11 @@ pub fn classify(e: &DataFusionError) -> (ErrorClass, bool) {
     use DataFusionError as D;
     match e.find_root() {
         D::IoError(_) | D::ObjectStore(_) => (ErrorClass::External, true),
+        // An unreadable Parquet file: the store failed mid-read (DataFusion
+        // reports a failed footer fetch as a Parquet error holding only the
+        // store's message) or the file is damaged. Retried a bounded number
+        // of times, as Spark retries any task failure.
+        D::ParquetError(_) => (ErrorClass::External, true),
         D::ResourcesExhausted(_) => (ErrorClass::External, false),
         D::Internal(_) | D::ExecutionJoin(_) | D::Ffi(_) => (ErrorClass::Internal, false),
         D::External(inner) => match inner.downcast_ref::<Carried>() {

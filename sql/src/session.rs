@@ -19,7 +19,7 @@ use ballista_core::extension::{
     SessionConfigExt, ballista_aggregate_functions, ballista_scalar_functions,
     ballista_window_functions,
 };
-use ballista_core::object_store::{CustomObjectStoreRegistry, S3Options};
+use ballista_core::object_store::S3Options;
 use ballista_core::optimizer::ballista_default_optimizer_rules;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::SessionStateBuilder;
@@ -72,7 +72,7 @@ pub fn local_session_config() -> SessionConfig {
 pub fn runtime_env(config: &SessionConfig, temp_dir: Option<&Path>) -> DfResult<Arc<RuntimeEnv>> {
     let s3 = config.options().extensions.get::<S3Options>().cloned().unwrap_or_default();
     let mut builder = RuntimeEnvBuilder::new()
-        .with_object_store_registry(Arc::new(CustomObjectStoreRegistry::new(s3)));
+        .with_object_store_registry(Arc::new(crate::storage::ObjectStores::new(s3)));
     if let Some(dir) = temp_dir {
         builder = builder.with_temp_file_path(dir);
     }

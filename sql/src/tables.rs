@@ -19,6 +19,9 @@ pub enum TableFormat {
     Parquet,
     Csv,
     Json,
+    /// A Delta Lake table (a folder with `_delta_log/`), read at its latest
+    /// version.
+    Delta,
 }
 
 impl TableFormat {
@@ -27,6 +30,7 @@ impl TableFormat {
             "parquet" | "pq" => Some(Self::Parquet),
             "csv" => Some(Self::Csv),
             "json" | "ndjson" | "jsonl" => Some(Self::Json),
+            "delta" => Some(Self::Delta),
             _ => None,
         }
     }
@@ -50,6 +54,7 @@ impl TableFormat {
             Self::Parquet => ".parquet",
             Self::Csv => ".csv",
             Self::Json => ".json",
+            Self::Delta => ".parquet",
         }
     }
 }
@@ -60,6 +65,7 @@ impl fmt::Display for TableFormat {
             Self::Parquet => "parquet",
             Self::Csv => "csv",
             Self::Json => "json",
+            Self::Delta => "delta",
         })
     }
 }
@@ -172,6 +178,8 @@ impl TableSource {
         };
         let location = match &local {
             Some(p) if p.is_dir() && !location.ends_with('/') => format!("{location}/"),
+            // An object-store prefix without a file extension is a folder.
+            None if detected.is_none() && !location.ends_with('/') => format!("{location}/"),
             _ => location,
         };
         Ok(Self { name: name.to_string(), location, format, extension })
@@ -209,11 +217,31 @@ impl TableSource {
                 )
                 .await
             }
+            TableFormat::Delta => {
+                let runtime = ctx.runtime_env();
+                let registered = async {
+                    let url = crate::storage::folder_url(&self.location)?;
+                    let provider = crate::delta::DeltaTableProvider::load(
+                        &runtime,
+                        &url,
+                        crate::delta::AsOf::Latest,
+                    )
+                    .await?;
+                    ctx.register_table(self.name.as_str(), std::sync::Arc::new(provider))?;
+                    Ok::<(), datafusion::error::DataFusionError>(())
+                };
+                registered.await
+            }
         };
-        result.map_err(|source| Error::Register {
-            name: self.name.clone(),
-            path: self.location.clone(),
-            source,
+        result.map_err(|source| {
+            let remote = is_url(&self.location) && !self.location.starts_with("file://");
+            let store =
+                matches!(source.find_root(), datafusion::error::DataFusionError::ObjectStore(_));
+            if remote && store {
+                Error::Storage { name: self.name.clone(), path: self.location.clone(), source }
+            } else {
+                Error::Register { name: self.name.clone(), path: self.location.clone(), source }
+            }
         })
     }
 }
@@ -232,6 +260,9 @@ fn folder_extension(dir: Option<&Path>, format: TableFormat) -> String {
 fn detect_folder_format(dir: &Path) -> Option<(TableFormat, &'static str)> {
     if !dir.is_dir() {
         return None;
+    }
+    if dir.join("_delta_log").is_dir() {
+        return Some((TableFormat::Delta, ".parquet"));
     }
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

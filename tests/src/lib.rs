@@ -254,6 +254,13 @@ impl TestCluster {
     }
 
     /// All process logs, for failure messages.
+    /// Whether any process's whole log contains `needle`.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        std::iter::once(&self.scheduler)
+            .chain(&self.executors)
+            .any(|p| p.log_text().contains(needle))
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for p in std::iter::once(&self.scheduler).chain(&self.executors) {
@@ -507,4 +514,80 @@ pub async fn scheduler_jobs(addr: &str) -> Vec<JobRow> {
         .collect();
     jobs.sort_by_key(|j| j.start_time);
     jobs
+}
+
+/// Dates with rows in the Delta table at `out` (a folder or URL; empty when
+/// there is no table). Runs on a thread of its own, so it may be called from
+/// sync or async code alike.
+pub fn committed_dates(out: &Path) -> std::collections::BTreeSet<chrono::NaiveDate> {
+    let out = out.to_string_lossy().into_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(sluice_client::backfill::committed_dates(&out)).ok()
+    })
+    .join()
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// Registers the Delta table at `out` (a backfill's output) as `name`.
+///
+/// # Panics
+/// When it is not a readable Delta table.
+pub async fn register_delta(ctx: &datafusion::prelude::SessionContext, name: &str, out: &Path) {
+    sluice_sql::tables::TableSource::new(
+        name,
+        &out.to_string_lossy(),
+        Some(sluice_sql::tables::TableFormat::Delta),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", out.display()))
+    .register(ctx)
+    .await
+    .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+}
+
+/// Files under `out/_sluice/` that no version of the Delta table names
+/// (what failed attempts would leave behind).
+pub fn orphan_files(out: &Path) -> Vec<String> {
+    let url = match sluice_sql::storage::folder_url(&out.to_string_lossy()) {
+        Ok(u) => u,
+        Err(e) => return vec![format!("{}: {e}", out.display())],
+    };
+    let referenced = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let config = sluice_sql::session::local_session_config();
+        let runtime = sluice_sql::session::runtime_env(&config, None).ok()?;
+        rt.block_on(sluice_sql::delta::attempts_in_table(&runtime, &url, "_sluice")).ok()
+    })
+    .join()
+    .ok()
+    .flatten()
+    .unwrap_or_default();
+    let mut orphans = Vec::new();
+    for e in std::fs::read_dir(out.join("_sluice")).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !referenced.contains(&name) {
+            orphans.push(name);
+        }
+    }
+    orphans
+}
+pub mod s3;
+
+/// The data files of the Delta table's latest version at `out`.
+pub fn live_files(out: &Path) -> std::collections::BTreeSet<String> {
+    let Ok(url) = sluice_sql::storage::folder_url(&out.to_string_lossy()) else {
+        return Default::default();
+    };
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let config = sluice_sql::session::local_session_config();
+        let runtime = sluice_sql::session::runtime_env(&config, None).ok()?;
+        rt.block_on(sluice_sql::delta::live_files(&runtime, &url)).ok()
+    })
+    .join()
+    .ok()
+    .flatten()
+    .unwrap_or_default()
 }

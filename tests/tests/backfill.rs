@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
-use sluice_client::backfill::{BackfillOptions, committed_dates};
+use sluice_client::backfill::BackfillOptions;
 use sluice_client::datagen::churn::{ChurnConfig, TABLES};
 use sluice_client::{Target, run_sql};
+use sluice_tests::committed_dates;
 use sluice_tests::{TestCluster, bin, workspace_root};
 
 fn date(s: &str) -> NaiveDate {
@@ -51,6 +52,7 @@ fn options(data: &Path, out: &Path, target: Target, from: &str, to: &str) -> Bac
         output: Some(out.to_path_buf()),
         chunk_days: 16,
         parallel: 2,
+        replace: false,
         settings: vec![],
         progress: false,
         token: None,
@@ -76,13 +78,7 @@ async fn local_ctx(data: &Path) -> SessionContext {
 }
 
 async fn register_output(ctx: &SessionContext, name: &str, out: &Path) {
-    let opts = ParquetReadOptions::default().table_partition_cols(vec![(
-        "feature_date".to_string(),
-        datafusion::arrow::datatypes::DataType::Utf8,
-    )]);
-    ctx.register_parquet(name, &format!("{}/", out.display()), opts)
-        .await
-        .expect("register output");
+    sluice_tests::register_delta(ctx, name, out).await;
 }
 
 async fn output_rows(ctx: &SessionContext, table: &str, day: NaiveDate) -> Vec<RecordBatch> {
@@ -323,15 +319,9 @@ fn killed_cli_leaves_the_backfill_running_without_duplicates() {
         sluice_client::verify::compare(&a, &b, true)
             .expect("resumed output equals an undisturbed run (no duplicates, no gaps)");
     });
-    // Nothing is left beside the output.
-    let parent = out.parent().expect("parent");
-    let leftovers: Vec<String> = std::fs::read_dir(parent)
-        .expect("list")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".out."))
-        .collect();
-    assert!(leftovers.is_empty(), "staging or lock left behind: {leftovers:?}");
+    // No file of a failed or superseded attempt is left behind.
+    let orphans = sluice_tests::orphan_files(out);
+    assert!(orphans.is_empty(), "attempt files no version names: {orphans:?}");
 }
 
 fn sluice(args: &[&str]) -> std::process::Output {

@@ -336,7 +336,7 @@ fn backfill_args(data: &Path, out: &Path, catalog: &Path, from: &str, to: &str) 
 }
 
 fn committed(out: &Path) -> usize {
-    sluice_client::backfill::committed_dates(out).len()
+    sluice_tests::committed_dates(out).len()
 }
 
 /// Jobs of backfill `id` on `scheduler` (their names carry it): (job id, status).
@@ -377,13 +377,7 @@ fn assert_equals_naive_reference(data: &Path, out: &Path, from: &str, to: &str) 
     assert_eq!(committed(out), days.len(), "dates in {}", out.display());
     rt().block_on(async {
         let ctx = local_context(data).await;
-        let opts = ParquetReadOptions::default().table_partition_cols(vec![(
-            "feature_date".to_string(),
-            datafusion::arrow::datatypes::DataType::Utf8,
-        )]);
-        ctx.register_parquet("features", &format!("{}/", out.display()), opts)
-            .await
-            .expect("register output");
+        sluice_tests::register_delta(&ctx, "features", out).await;
         let dup = run_sql(
             &ctx,
             "SELECT count(*) AS n FROM (SELECT user_id, feature_date FROM features \
@@ -543,17 +537,10 @@ fn leader_killed_mid_backfill_standby_resumes_it() {
     assert!(id.starts_with("bf-"), "no id printed: {id:?}");
     // The submitting process has exited: nothing but the cluster drives it.
     poll("3 dates committed", Duration::from_secs(120), || (committed(&out) >= 3).then_some(()));
-    let before: std::collections::BTreeMap<String, std::time::SystemTime> = std::fs::read_dir(&out)
-        .expect("out")
-        .flatten()
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                e.metadata().and_then(|m| m.modified()).expect("mtime"),
-            )
-        })
-        .collect();
-    assert!(before.len() < 60, "the backfill finished before the kill");
+    // The files of the dates committed so far (Delta's latest version).
+    let before = sluice_tests::live_files(&out);
+    assert!(!before.is_empty());
+    assert!(committed(&out) < 60, "the backfill finished before the kill");
     let killed = Instant::now();
     c.s1.kill();
     // Kill -> the first chunk job the new leader runs for this backfill.
@@ -582,12 +569,10 @@ fn leader_killed_mid_backfill_standby_resumes_it() {
     let resubmitted: u64 = chunks.iter().map(|c| c["submissions"].as_u64().unwrap_or(1) - 1).sum();
     eprintln!("chunks resubmitted after the failover: {resubmitted}");
     assert!(resumed < Duration::from_secs(ttl + 10), "resume took {resumed:?}");
-    // Committed dates were not recomputed: their folders are the same.
-    for (name, mtime) in &before {
-        let now =
-            std::fs::metadata(out.join(name)).and_then(|m| m.modified()).expect("still there");
-        assert_eq!(&now, mtime, "{name} was rewritten after the failover");
-    }
+    // Committed dates were not recomputed: their files are still the table's.
+    let after = sluice_tests::live_files(&out);
+    let replaced: Vec<&String> = before.difference(&after).collect();
+    assert!(replaced.is_empty(), "rewritten after the failover: {replaced:?}");
     assert_equals_naive_reference(&data, &out, from, to);
 }
 
@@ -770,14 +755,8 @@ fn cancel_stops_jobs_keeps_committed_dates_and_refuses_a_second_cancel() {
     assert!(!watched.status.success());
     let said = String::from_utf8_lossy(&watched.stderr);
     assert!(said.contains("was cancelled"), "{said}");
-    // Committed dates only: no staging left next to the output.
-    let leftovers: Vec<String> = std::fs::read_dir(tmp.path())
-        .expect("list")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".out."))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Only committed dates are visible: the table's dates are the record's
+    // (files a stopped task wrote after the cancel are in no version).
     let again = Command::new(bin("sluice"))
         .args(["backfill", "cancel", &id])
         .args(cluster)

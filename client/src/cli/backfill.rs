@@ -45,11 +45,13 @@ pub struct BackfillArgs {
     /// its adaptive planner chose); with --local, EXPLAIN ANALYZE (plan and metrics).
     #[arg(long, requires = "explain")]
     pub analyze: bool,
-    /// Folder the spec's source paths are relative to (default: the spec's folder).
-    #[arg(long, value_name = "DIR")]
+    /// Folder or object-store prefix the spec's source paths are relative to (default:
+    /// the spec's folder), e.g. s3://bucket/raw. Credentials: AWS_* variables or --set s3.*.
+    #[arg(long, value_name = "DIR|URL")]
     pub data_dir: Option<PathBuf>,
-    /// Output folder (default: the spec's output.path, relative to the spec).
-    #[arg(long, value_name = "DIR")]
+    /// Output Delta table, a folder or s3://bucket/prefix (default: the spec's
+    /// output.path, relative to the spec).
+    #[arg(long, value_name = "DIR|URL")]
     pub output: Option<PathBuf>,
     /// Feature dates per distributed job. Default: the range split into a multiple of
     /// --parallel chunks of at most 183 dates (a year: 2 × 183; see benchmarks/README.md).
@@ -58,6 +60,11 @@ pub struct BackfillArgs {
     /// Chunks in flight at once.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub parallel: usize,
+    /// Recompute every date of the range and replace the dates already in the output
+    /// (after a spec change; earlier versions stay readable as TABLE@vN). Default: only
+    /// the dates missing from the output.
+    #[arg(long)]
+    pub replace: bool,
     /// A session setting (KEY=VALUE), as for `sluice sql`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
@@ -266,6 +273,7 @@ pub async fn run(args: BackfillArgs) -> Result<(), Error> {
             output,
             chunk_days,
             parallel,
+            replace,
             settings,
             json,
             no_register,
@@ -287,6 +295,7 @@ pub async fn run(args: BackfillArgs) -> Result<(), Error> {
                 output,
                 chunk_days: chunk_days.unwrap_or(sluice_client::backfill::AUTO_CHUNK_DAYS),
                 parallel,
+                replace,
                 settings: settings
                     .iter()
                     .map(|s| sluice_sql::session::parse_setting(s))
@@ -338,8 +347,8 @@ pub async fn run(args: BackfillArgs) -> Result<(), Error> {
                 let entry = sluice_sql::catalog::CatalogEntry {
                     name: spec.name.clone(),
                     path: sluice_client::catalog::absolute(&report.output),
-                    format: "parquet".into(),
-                    partitioned_by: vec![spec.output.partition_by.clone()],
+                    format: "delta".into(),
+                    partitioned_by: vec![],
                 };
                 sluice_client::catalog::register(target, entry).await?;
                 if !json {

@@ -9,14 +9,15 @@ use super::args::CatalogArgs;
 pub enum TableCommand {
     /// Register (or replace) a table: every session and Flight SQL client sees it.
     #[command(
-        after_help = "Examples:\n  sluice table register churn_features out/churn --partitioned-by feature_date\n  sluice table register events data/churn/events --flight-sql 127.0.0.1:50051 --token-file admin.token"
+        after_help = "Examples:\n  sluice table register churn_features out/churn --format delta\n  sluice table register features s3://lake/features --format delta   # AWS_* variables give the credentials\n  sluice sql \"SELECT count(*) FROM \\\"churn_features@v3\\\"\"       # a Delta table's version 3 (or @2026-12-03T10:00:00Z)\n  sluice table register events data/churn/events --flight-sql 127.0.0.1:50051 --token-file admin.token"
     )]
     Register {
         /// Table name (letters, digits, '_').
         name: String,
         /// A folder or file (made absolute), or a URL.
         path: String,
-        /// parquet, csv or json.
+        /// parquet, csv, json or delta (a Delta Lake table: readable as NAME@vN or
+        /// NAME@TIMESTAMP too).
         #[arg(long, default_value = "parquet")]
         format: String,
         /// Hive partition column (`COL=VALUE/` folders); repeatable.

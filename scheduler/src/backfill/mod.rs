@@ -150,7 +150,7 @@ impl Hub {
         let compiled = runner::compile(self.engine.as_ref(), &format!("backfill-{id}"), &request)
             .await
             .map_err(|f| status_of(&f))?;
-        let output = compiled.out.display().to_string();
+        let output = compiled.out.url.to_string();
         // Recorded resolved: a resumed backfill writes where this one does.
         let mut request = request;
         request.output = output.clone();
@@ -164,7 +164,8 @@ impl Hub {
                 other.id, other.id
             )));
         }
-        let (chunks, total, already) = runner::plan_chunks(&compiled, &request);
+        let (chunks, total, already) =
+            runner::plan_chunks(&compiled, &request).await.map_err(|f| status_of(&f))?;
         let record = pb::Backfill {
             id: id.to_string(),
             request: Some(request),
@@ -380,6 +381,29 @@ impl Hub {
 #[derive(Clone)]
 pub struct BackfillGrpc(pub Arc<Hub>);
 
+/// `record` as clients see it: secret settings (`s3.secret_access_key`, …)
+/// replaced. The stored record keeps them: a new leader resuming the
+/// backfill needs them for its jobs.
+fn redacted(mut record: pb::Backfill) -> pb::Backfill {
+    if let Some(request) = record.request.as_mut() {
+        for s in &mut request.settings {
+            if sluice_sql::storage::is_secret(&s.key) {
+                s.value = "<redacted>".into();
+            }
+        }
+    }
+    record
+}
+
+fn redacted_event(mut e: pb::BackfillEvent) -> pb::BackfillEvent {
+    match e.event.take() {
+        Some(Ev::Snapshot(r)) => e.event = Some(Ev::Snapshot(redacted(r))),
+        Some(Ev::Finished(r)) => e.event = Some(Ev::Finished(redacted(r))),
+        other => e.event = other,
+    }
+    e
+}
+
 #[tonic::async_trait]
 impl pb::backfill_service_server::BackfillService for BackfillGrpc {
     async fn submit(
@@ -391,21 +415,22 @@ impl pb::backfill_service_server::BackfillService for BackfillGrpc {
             .request
             .ok_or_else(|| Status::invalid_argument("SubmitBackfillRequest.request is missing"))?;
         let backfill = self.0.submit(request).await?;
-        Ok(Response::new(pb::SubmitBackfillResponse { backfill: Some(backfill) }))
+        Ok(Response::new(pb::SubmitBackfillResponse { backfill: Some(redacted(backfill)) }))
     }
 
     async fn get(
         &self,
         request: Request<pb::GetBackfillRequest>,
     ) -> Result<Response<pb::Backfill>, Status> {
-        Ok(Response::new(self.0.get(&parse_id(&request.into_inner().id)?).await?))
+        Ok(Response::new(redacted(self.0.get(&parse_id(&request.into_inner().id)?).await?)))
     }
 
     async fn list(
         &self,
         _request: Request<pb::ListBackfillsRequest>,
     ) -> Result<Response<pb::ListBackfillsResponse>, Status> {
-        Ok(Response::new(pb::ListBackfillsResponse { backfills: self.0.list().await? }))
+        let backfills = self.0.list().await?.into_iter().map(redacted).collect();
+        Ok(Response::new(pb::ListBackfillsResponse { backfills }))
     }
 
     type WatchStream = tokio_stream::wrappers::ReceiverStream<Result<pb::BackfillEvent, Status>>;
@@ -414,7 +439,15 @@ impl pb::backfill_service_server::BackfillService for BackfillGrpc {
         &self,
         request: Request<pb::WatchBackfillRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let rx = self.0.watch(&parse_id(&request.into_inner().id)?).await?;
+        let mut events = self.0.watch(&parse_id(&request.into_inner().id)?).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                if tx.send(e.map(redacted_event)).await.is_err() {
+                    break;
+                }
+            }
+        });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
@@ -422,7 +455,7 @@ impl pb::backfill_service_server::BackfillService for BackfillGrpc {
         &self,
         request: Request<pb::CancelBackfillRequest>,
     ) -> Result<Response<pb::Backfill>, Status> {
-        Ok(Response::new(self.0.cancel(&parse_id(&request.into_inner().id)?).await?))
+        Ok(Response::new(redacted(self.0.cancel(&parse_id(&request.into_inner().id)?).await?)))
     }
 }
 
@@ -440,8 +473,6 @@ pub fn service_url(scheduler: &HostPort) -> String {
 
 /// Conversions between the state machine's types and the wire's.
 pub mod convert {
-    use std::path::Path;
-
     use chrono::NaiveDate;
     use sluice_proto::pb;
     use sluice_sql::job::backfill::{BackfillState, Chunk, ChunkState, Failure, Machine};
@@ -532,9 +563,9 @@ pub mod convert {
         })
     }
 
-    /// Copies the machine's chunk states into `record`, and the dates of
-    /// the range now in the output.
-    pub fn apply(record: &mut pb::Backfill, machine: &Machine, out: &Path) {
+    /// Copies the machine's chunk states into `record`, and the dates this
+    /// backfill committed.
+    pub fn apply(record: &mut pb::Backfill, machine: &Machine) {
         for (i, c) in machine.chunks.iter().enumerate() {
             let Some(pc) = record.chunks.get_mut(i) else { continue };
             pc.state = chunk_state_to_pb(c.state) as i32;
@@ -544,13 +575,11 @@ pub mod convert {
                 pc.job_ids.clear();
             }
         }
-        let request = record.request.clone().unwrap_or_default();
-        if let (Ok(from), Ok(to)) = (
-            NaiveDate::parse_from_str(&request.from, "%Y-%m-%d"),
-            NaiveDate::parse_from_str(&request.to, "%Y-%m-%d"),
-        ) {
-            let in_range = super::runner::committed_dates(out).range(from..=to).count() as u32;
-            record.dates_committed = in_range.saturating_sub(record.dates_already_committed);
-        }
+        record.dates_committed = machine
+            .chunks
+            .iter()
+            .filter(|c| c.state == ChunkState::Committed)
+            .map(|c| c.dates().len() as u32)
+            .sum();
     }
 }

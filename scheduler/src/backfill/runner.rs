@@ -3,37 +3,48 @@
 //! and persists the record after every step.
 //!
 //! ```text
-//! missing dates (OUT/feature_date=D absent) ─► chunks of ≤ chunk_days consecutive dates
+//! missing dates (none in the Delta table OUT) ─► chunks of ≤ chunk_days consecutive dates
 //!   per chunk (up to `parallel` at once), as jobs of the leader's scheduler:
-//!     COPY (tiled chunk query) TO <staging>/<chunk>.<id>.<attempt>/ PARTITIONED BY (feature_date)
-//!     quality expectations over the staged files ─ fail ─► staging removed, backfill fails
-//!     pass ─► each staging/feature_date=D renamed to OUT/feature_date=D   (atomic commit)
+//!     COPY (tiled chunk query) TO OUT/_sluice/<chunk>.<id>.<attempt>/ PARTITIONED BY (feature_date)
+//!     quality expectations over the attempt's files ─ fail ─► files deleted, backfill fails
+//!     pass ─► one Delta commit: remove the dates' old files, add the attempt's   (atomic)
 //! ```
 //!
-//! Staging lives beside the output (`.<out>.sluice-staging/`), so readers of
-//! OUT never see it; a date directory appears in OUT only by a rename of a
-//! complete one, and a date already there is never written again: a chunk
-//! resubmitted after a failover commits only its missing dates.
+//! OUT is a Delta table on local disk or object storage ([`sluice_sql::delta`]).
+//! Executors write straight under it; an attempt's files are invisible until
+//! the commit names them, and a failed or superseded attempt's files are
+//! deleted. The commit carries the transaction `sluice:<backfill>:<chunk>`,
+//! so a chunk resubmitted after a failover, or a commit retried after a lost
+//! reply, is recognised and not applied twice. Nothing here assumes the
+//! scheduler and the executors share a filesystem.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::path::Path as StorePath;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use sluice_proto::pb;
 use sluice_proto::{ErrorClass, etcd::now_ms};
+use sluice_sql::delta::{self, DeltaError};
 use sluice_sql::job::backfill::{
     Action, BackfillState, Chunk, ChunkState, Event, Failure, Machine,
 };
 use sluice_sql::job::plan::{self, ColumnTypes, PlanOptions};
 use sluice_sql::job::quality;
 use sluice_sql::job::spec::{Expectation, JobSpec};
+use sluice_sql::storage;
 use tokio::task::JoinSet;
+use url::Url;
 
 use super::convert;
 use super::engine::{Engine, JobIds};
@@ -49,9 +60,54 @@ pub struct Compiled {
     pub ctx: SessionContext,
     pub types: ColumnTypes,
     pub plan_opts: PlanOptions,
-    pub out: PathBuf,
+    pub out: Output,
     pub from: NaiveDate,
     pub to: NaiveDate,
+}
+
+/// The partition column of every backfill output.
+pub const PARTITION: &str = "feature_date";
+
+/// A backfill's output: a Delta table folder and the store holding it.
+pub struct Output {
+    pub url: Url,
+    pub store: Arc<dyn ObjectStore>,
+    pub runtime: Arc<RuntimeEnv>,
+    /// The table's columns (`feature_date` a date), from the chunk query.
+    pub schema: SchemaRef,
+}
+
+impl Output {
+    /// The folder of one attempt's files, relative to the table.
+    fn attempt_dir(name: &str) -> String {
+        format!("_sluice/{name}")
+    }
+
+    fn attempt_url(&self, name: &str) -> String {
+        format!("{}{}/", self.url, Self::attempt_dir(name))
+    }
+
+    fn table_path(&self) -> StorePath {
+        storage::store_path(&self.url)
+    }
+
+    fn attempt_path(&self, name: &str) -> StorePath {
+        let mut p = self.table_path();
+        for part in Self::attempt_dir(name).split('/') {
+            p = p.clone().join(part);
+        }
+        p
+    }
+}
+
+/// A Delta error as a backfill failure.
+pub fn delta_failure(e: &DeltaError) -> Failure {
+    match e {
+        DeltaError::Storage { retryable, .. } => {
+            Failure::new(ErrorClass::External, *retryable, e.to_string())
+        }
+        _ => Failure::new(ErrorClass::User, false, e.to_string()),
+    }
 }
 
 /// `YYYY-MM-DD` of a request field.
@@ -78,17 +134,14 @@ pub async fn compile(
     }
     let spec =
         JobSpec::parse(&request.spec_text, &request.spec_label).map_err(|e| user(e.to_string()))?;
-    let spec_dir = Path::new(&request.spec_dir);
-    if !spec_dir.is_absolute() {
-        return Err(user(format!("spec_dir '{}': expected an absolute path", request.spec_dir)));
+    let spec_dir = request.spec_dir.as_str();
+    if !Path::new(spec_dir).is_absolute() {
+        return Err(user(format!("spec_dir '{spec_dir}': expected an absolute path")));
     }
-    let data_dir = match request.data_dir.as_str() {
-        "" => spec_dir.to_path_buf(),
-        d => spec_dir.join(d),
-    };
+    let data_dir = storage::resolve(spec_dir, &request.data_dir);
     let out = match request.output.as_str() {
-        "" => spec_dir.join(&spec.output.path),
-        o => spec_dir.join(o),
+        "" => storage::resolve(spec_dir, &spec.output.path),
+        o => storage::resolve(spec_dir, o),
     };
     let settings: Vec<(String, String)> =
         request.settings.iter().map(|s| (s.key.clone(), s.value.clone())).collect();
@@ -101,44 +154,84 @@ pub async fn compile(
     let prepared = sluice_sql::job::prepare::prepare(&ctx, &spec, &request.spec_label, from, to)
         .await
         .map_err(|e| Failure::new(e.class(), false, e.to_string()))?;
+    let out = output(&ctx, &out, &spec, &prepared, from).await?;
     Ok(Compiled { spec, ctx, types: prepared.types, plan_opts: prepared.plan_opts, out, from, to })
 }
 
-/// Dates committed in `out` (folders `feature_date=YYYY-MM-DD`).
-pub fn committed_dates(out: &Path) -> BTreeSet<NaiveDate> {
-    let mut dates = BTreeSet::new();
-    for entry in std::fs::read_dir(out).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(d) = name.strip_prefix("feature_date=")
-            && let Ok(date) = NaiveDate::parse_from_str(d, "%Y-%m-%d")
-        {
-            dates.insert(date);
+/// Opens the output location and checks it before anything is written: the
+/// store answers (credentials, bucket), and a folder holding files is a
+/// Delta table.
+async fn output(
+    ctx: &SessionContext,
+    location: &str,
+    spec: &JobSpec,
+    prepared: &sluice_sql::job::prepare::Prepared,
+    from: NaiveDate,
+) -> Result<Output, Failure> {
+    let user = |m: String| Failure::new(ErrorClass::User, false, m);
+    let url = storage::folder_url(location).map_err(|e| user(format!("--output: {e}")))?;
+    let runtime = ctx.runtime_env();
+    let store = ObjectStoreUrl::parse(storage::store_root(&url))
+        .and_then(|u| runtime.object_store(u))
+        .map_err(|e| user(format!("--output {url}: {e}")))?;
+    let is_delta = delta::is_delta_table(&runtime, &url).await.map_err(|e| {
+        user(format!(
+            "--output {url}: cannot list the folder: {}; check the bucket name and the \
+             credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or --set s3.*)",
+            std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| e.to_string())
+        ))
+    })?;
+    if !is_delta {
+        let existing = storage::list(store.as_ref(), &storage::store_path(&url))
+            .await
+            .map_err(|e| user(format!("--output {url}: {e}")))?;
+        let data = existing.iter().find(|o| {
+            !o.location.as_ref().contains("/_sluice/")
+                && !o.location.as_ref().starts_with("_sluice/")
+        });
+        if let Some(o) = data {
+            return Err(user(format!(
+                "--output {url} holds files (e.g. {}) but is not a Delta table (no _delta_log/); \
+                 choose an empty folder or an existing Delta table",
+                o.location
+            )));
         }
     }
-    dates
+    let query = plan::chunk_query(spec, from, from, &prepared.types, &prepared.plan_opts);
+    let df = ctx.sql(&query).await.map_err(|e| Failure::of_datafusion(&e))?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    if schema.field_with_name(PARTITION).is_err() {
+        return Err(user(format!("the backfill query has no column {PARTITION}")));
+    }
+    Ok(Output { url, store, runtime, schema })
 }
 
-/// `.<name>.<suffix>` beside `out`.
-pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let name =
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    out.with_file_name(format!(".{name}.{suffix}"))
+/// Dates with rows in the output table's latest version.
+///
+/// # Errors
+/// The store's error, as a failure.
+pub async fn committed_dates(out: &Output) -> Result<BTreeSet<NaiveDate>, Failure> {
+    delta::committed_dates(&out.runtime, &out.url, PARTITION).await.map_err(|e| delta_failure(&e))
 }
 
 /// A new record's chunks: the range's dates not yet in the output.
-pub fn plan_chunks(
+///
+/// # Errors
+/// The store's error, as a failure.
+pub async fn plan_chunks(
     compiled: &Compiled,
     request: &pb::BackfillRequest,
-) -> (Vec<Chunk>, usize, usize) {
+) -> Result<(Vec<Chunk>, usize, usize), Failure> {
     let all: Vec<NaiveDate> = compiled.from.iter_days().take_while(|d| *d <= compiled.to).collect();
-    let done = committed_dates(&compiled.out);
+    let done =
+        if request.replace { BTreeSet::new() } else { committed_dates(&compiled.out).await? };
     let missing: Vec<NaiveDate> = all.iter().copied().filter(|d| !done.contains(d)).collect();
     let days = sluice_sql::job::backfill::chunk_days(
         request.chunk_days,
         missing.len(),
         request.parallel.max(1) as usize,
     );
-    (sluice_sql::job::backfill::chunks(&missing, days), all.len(), all.len() - missing.len())
+    Ok((sluice_sql::job::backfill::chunks(&missing, days), all.len(), all.len() - missing.len()))
 }
 
 /// What a chunk task reports.
@@ -158,30 +251,11 @@ pub async fn drive(
     mut cancel: tokio::sync::watch::Receiver<bool>,
 ) {
     let request = record.request.clone().unwrap_or_default();
-    let staging_root = sibling(&compiled.out, "sluice-staging");
-    if let Err(e) =
-        std::fs::create_dir_all(&compiled.out).and_then(|()| std::fs::create_dir_all(&staging_root))
-    {
-        let failure = Failure::new(
-            ErrorClass::External,
-            false,
-            format!("cannot create {} or its staging: {e}", compiled.out.display()),
-        );
-        record.failure = Some(convert::failure(&failure));
-        record.state = pb::BackfillState::Failed as i32;
-        finish(&hub, &mut record).await;
-        return;
-    }
     let chunks: Vec<Chunk> = record.chunks.iter().filter_map(convert::chunk_from_pb).collect();
     let state = convert::state_from_pb(record.state());
     let mut machine =
         Machine::restore(chunks, state, request.parallel.max(1) as usize, MAX_RETRIES);
-    let runner = Runner {
-        hub: Arc::clone(&hub),
-        id: id.clone(),
-        compiled: Arc::new(compiled),
-        staging_root,
-    };
+    let runner = Runner { hub: Arc::clone(&hub), id: id.clone(), compiled: Arc::new(compiled) };
     let mut tasks: JoinSet<(usize, u32, Outcome)> = JoinSet::new();
     let mut handles: HashMap<usize, (u32, tokio::task::AbortHandle, JobIds)> = HashMap::new();
     let mut per_date: HashMap<usize, Vec<(NaiveDate, u64)>> = HashMap::new();
@@ -234,7 +308,7 @@ pub async fn drive(
                     Action::Commit(chunk) => {
                         let attempt = handles.get(&chunk).map_or(0, |h| h.0);
                         let c = machine.chunks[chunk].clone();
-                        match runner.commit(&c, attempt) {
+                        match runner.commit(&c, attempt).await {
                             Ok(dates) => {
                                 let rows: u64 = per_date
                                     .remove(&chunk)
@@ -266,7 +340,15 @@ pub async fn drive(
                             }
                         }
                     }
-                    Action::Discard(chunk) => runner.discard(&machine.chunks[chunk]),
+                    Action::Discard(chunk) => {
+                        let committed = machine.chunks[chunk].state == ChunkState::Committed;
+                        runner
+                            .discard(
+                                &machine.chunks[chunk],
+                                committed.then_some(handles.get(&chunk).map_or(0, |h| h.0)),
+                            )
+                            .await
+                    }
                     Action::Retried { chunk, failure } => {
                         tracing::warn!(backfill = %id, chunk = %machine.chunks[chunk].label(), error = %failure.message, "chunk failed; resubmitting it");
                         let mut e = chunk_event(
@@ -279,8 +361,7 @@ pub async fn drive(
                     }
                     Action::Finish(state) => {
                         tasks.abort_all();
-                        let _ = std::fs::remove_dir_all(&runner.staging_root);
-                        convert::apply(&mut record, &machine, &runner.compiled.out);
+                        convert::apply(&mut record, &machine);
                         record.state = convert::state_to_pb(state) as i32;
                         if state == BackfillState::Failed {
                             record.failure = machine
@@ -317,7 +398,7 @@ pub async fn drive(
                 }
             }
         }
-        convert::apply(&mut record, &machine, &runner.compiled.out);
+        convert::apply(&mut record, &machine);
         for (i, (_, _, jobs)) in &handles {
             if let Some(pc) = record.chunks.get_mut(*i) {
                 pc.job_ids = jobs.lock().await.clone();
@@ -409,7 +490,6 @@ struct Runner {
     hub: Arc<Hub>,
     id: BackfillId,
     compiled: Arc<Compiled>,
-    staging_root: PathBuf,
 }
 
 impl Runner {
@@ -417,10 +497,10 @@ impl Runner {
         self.hub.publish(&self.id, pb::backfill_event::Event::Chunk(e)).await;
     }
 
-    /// The staging folder of one attempt: tasks of an earlier attempt (or of
+    /// The name of one attempt's folder: tasks of an earlier attempt (or of
     /// a deposed leader) may still be writing into theirs.
-    fn staging(&self, c: &Chunk, attempt: u32) -> PathBuf {
-        self.staging_root.join(format!("{}.{}.{attempt}", c.label(), self.id))
+    fn attempt(&self, c: &Chunk, attempt: u32) -> String {
+        format!("{}.{}.{attempt}", c.label(), self.id)
     }
 
     fn job_name(&self, c: &Chunk, what: &str, attempt: u32) -> String {
@@ -428,16 +508,25 @@ impl Runner {
     }
 
     async fn write(&self, c: &Chunk, attempt: u32, jobs: &JobIds) -> Outcome {
-        let staging = self.staging(c, attempt);
-        let _ = std::fs::remove_dir_all(&staging);
+        // A resubmission waits (2 s, 4 s, 8 s): an object store or executor
+        // that went away briefly is back before the retries run out.
+        if attempt > 1 {
+            tokio::time::sleep(std::time::Duration::from_secs(1 << (attempt - 1).min(3))).await;
+        }
         let k = &self.compiled;
+        let name = self.attempt(c, attempt);
+        if let Err(e) =
+            storage::delete_prefix(k.out.store.as_ref(), &k.out.attempt_path(&name)).await
+        {
+            return Outcome::Failed(Failure::of_datafusion(&e));
+        }
         let copy = plan::copy_statement(
             &k.spec,
             c.first,
             c.last,
             &k.types,
             &k.plan_opts,
-            &format!("{}/", staging.display()),
+            &k.out.attempt_url(&name),
         );
         match self.hub.engine.run(&k.ctx, &self.job_name(c, "write", attempt), &copy, jobs).await {
             Ok(_) => Outcome::Staged,
@@ -452,39 +541,111 @@ impl Runner {
         }
     }
 
-    /// Removes every staging folder of `c` (all attempts).
-    fn discard(&self, c: &Chunk) {
+    /// Deletes the files of every attempt of `c` but `keep` (the committed
+    /// one): they are in no version of the table. Best effort: a file left
+    /// behind is invisible, and a later run of the chunk deletes it.
+    async fn discard(&self, c: &Chunk, keep: Option<u32>) {
+        let out = &self.compiled.out;
+        let root = out.table_path().clone().join("_sluice");
+        let listed = match out.store.list_with_delimiter(Some(&root)).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(backfill = %self.id, chunk = %c.label(), error = %e, "attempt files not listed; left for a later run");
+                return;
+            }
+        };
         let prefix = format!("{}.{}.", c.label(), self.id);
-        for entry in std::fs::read_dir(&self.staging_root).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = std::fs::remove_dir_all(entry.path());
+        let kept = keep.map(|a| self.attempt(c, a));
+        let candidates: Vec<_> = listed
+            .common_prefixes
+            .into_iter()
+            .filter(|d| {
+                d.filename().is_some_and(|n| n.starts_with(&prefix) && kept.as_deref() != Some(n))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        // A leader that died between its commit and its record leaves a
+        // committed attempt the record does not know: never delete files a
+        // version of the table names.
+        let referenced = if keep.is_some() {
+            BTreeSet::new()
+        } else {
+            match delta::attempts_in_table(&out.runtime, &out.url, "_sluice").await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(backfill = %self.id, chunk = %c.label(), error = %e, "table not read; attempt files left for a later run");
+                    return;
+                }
+            }
+        };
+        for dir in candidates {
+            let Some(name) = dir.filename() else { continue };
+            if referenced.contains(name) {
+                continue;
+            }
+            if let Err(e) = storage::delete_prefix(out.store.as_ref(), &dir).await {
+                tracing::warn!(backfill = %self.id, chunk = %c.label(), error = %e, "attempt files not deleted");
             }
         }
     }
 
-    /// Moves each staged date folder into the output (an empty one for a
-    /// date without rows). A date already present is left alone.
-    fn commit(&self, c: &Chunk, attempt: u32) -> Result<usize, Failure> {
-        let staging = self.staging(c, attempt);
+    /// Commits the attempt's files as the chunk's dates: one Delta version
+    /// that replaces whatever those dates held. Returns the dates committed.
+    async fn commit(&self, c: &Chunk, attempt: u32) -> Result<usize, Failure> {
         let out = &self.compiled.out;
-        let io = |p: &Path, e: std::io::Error| {
-            Failure::new(ErrorClass::External, false, format!("{}: {e}", p.display()))
-        };
-        let mut committed = 0;
-        for d in c.dates() {
-            let name = format!("feature_date={d}");
-            let src = staging.join(&name);
-            let dst = out.join(&name);
-            if dst.exists() {
+        let name = self.attempt(c, attempt);
+        let dir = Output::attempt_dir(&name);
+        let objects = storage::list(out.store.as_ref(), &out.attempt_path(&name))
+            .await
+            .map_err(|e| Failure::of_datafusion(&e))?;
+        let table = out.table_path();
+        let mut files = Vec::new();
+        for o in objects {
+            let path = o.location.as_ref();
+            if !path.ends_with(".parquet") {
                 continue;
             }
-            if !src.exists() {
-                std::fs::create_dir_all(&src).map_err(|e| io(&src, e))?;
-            }
-            std::fs::rename(&src, &dst).map_err(|e| io(&dst, e))?;
-            committed += 1;
+            let rel = path.strip_prefix(table.as_ref()).unwrap_or(path).trim_start_matches('/');
+            let date = o
+                .location
+                .parts()
+                .find_map(|p| {
+                    p.as_ref()
+                        .strip_prefix("feature_date=")
+                        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                })
+                .ok_or_else(|| {
+                    Failure::new(
+                        ErrorClass::Internal,
+                        false,
+                        format!("{path}: a written file outside a feature_date= folder"),
+                    )
+                })?;
+            debug_assert!(rel.starts_with(&dir));
+            files.push(delta::NewFile { path: rel.to_string(), size: o.size, date });
         }
-        Ok(committed)
+        let dates = c.dates();
+        let started = std::time::Instant::now();
+        let committed = delta::commit_dates(
+            &out.runtime,
+            &out.url,
+            &out.schema,
+            PARTITION,
+            &dates,
+            &files,
+            &format!("sluice:{}:{}", self.id, c.label()),
+            HashMap::from([
+                ("sluice.backfill".to_string(), serde_json::json!(self.id.to_string())),
+                ("sluice.chunk".to_string(), serde_json::json!(c.label())),
+                ("sluice.attempt".to_string(), serde_json::json!(attempt)),
+            ]),
+        )
+        .await
+        .map_err(|e| delta_failure(&e))?;
+        tracing::info!(backfill = %self.id, chunk = %c.label(), ?committed, files = files.len(), ms = started.elapsed().as_millis() as u64, "chunk committed");
+        Ok(dates.len())
     }
 
     async fn run(&self, name: &str, sql: &str, jobs: &JobIds) -> Result<Vec<RecordBatch>, Failure> {
@@ -500,7 +661,8 @@ impl Runner {
     ) -> Result<(Vec<pb::QualityResult>, Vec<(NaiveDate, u64)>), Failure> {
         let spec = &self.compiled.spec;
         let ctx = &self.compiled.ctx;
-        let staging = self.staging(c, attempt);
+        let out = &self.compiled.out;
+        let attempt_name = self.attempt(c, attempt);
         let label = c.label();
         let dates = c.dates();
         let name = self.job_name(c, "check", attempt);
@@ -520,7 +682,10 @@ impl Runner {
             failing,
             samples,
         };
-        if !walk_has_files(&staging) {
+        let written = storage::list(out.store.as_ref(), &out.attempt_path(&attempt_name))
+            .await
+            .map_err(|e| Failure::of_datafusion(&e))?;
+        if !written.iter().any(|o| o.location.as_ref().ends_with(".parquet")) {
             for e in &spec.expectations {
                 let (failing, samples) = match e {
                     Expectation::RowCountBetween { min, max } => {
@@ -537,7 +702,7 @@ impl Runner {
             "feature_date".to_string(),
             datafusion::arrow::datatypes::DataType::Utf8,
         )]);
-        ctx.register_parquet(table, &format!("{}/", staging.display()), opts).await.map_err(df)?;
+        ctx.register_parquet(table, &out.attempt_url(&attempt_name), opts).await.map_err(df)?;
         let checks = self.run(&name, &quality::chunk_checks_sql(spec, table), jobs).await?;
         for b in &checks {
             // VARCHAR is Utf8 on the cluster and Utf8View on plain DataFusion.
@@ -624,21 +789,6 @@ fn row_count_failures(
         .map(|(d, n)| format!("feature_date={d} rows={n}"))
         .collect();
     (bad.len() as u64, bad.into_iter().take(5).collect())
-}
-
-fn walk_has_files(dir: &Path) -> bool {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "parquet") {
-                return true;
-            }
-        }
-    }
-    false
 }
 
 fn int_value(batches: &[RecordBatch], col: usize) -> u64 {

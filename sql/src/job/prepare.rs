@@ -4,8 +4,6 @@
 //! the range's hot entities when skew handling is on. Used by the runner on
 //! the leader scheduler and by `sluice backfill --explain`.
 
-use std::path::Path;
-
 use chrono::NaiveDate;
 use datafusion::common::ScalarValue;
 use datafusion::error::DataFusionError;
@@ -63,11 +61,7 @@ pub struct Prepared {
 ///
 /// # Errors
 /// [`PrepareError::Invalid`] naming the source and field.
-pub fn source_tables(
-    spec: &JobSpec,
-    spec_label: &str,
-    data_dir: &Path,
-) -> Result<Vec<TableSource>> {
+pub fn source_tables(spec: &JobSpec, spec_label: &str, data_dir: &str) -> Result<Vec<TableSource>> {
     let mut tables = Vec::new();
     for (name, src) in &spec.sources {
         let path = spec.source_path(src, data_dir);
@@ -75,16 +69,16 @@ pub fn source_tables(
             "parquet" => TableFormat::Parquet,
             "csv" => TableFormat::Csv,
             "json" => TableFormat::Json,
+            "delta" => TableFormat::Delta,
             other => {
                 return Err(PrepareError::Invalid(format!(
-                    "{spec_label}: sources.{name}.format: unknown format '{other}'; expected parquet, csv or json"
+                    "{spec_label}: sources.{name}.format: unknown format '{other}'; expected parquet, csv, json or delta"
                 )));
             }
         };
-        let source = TableSource::new(name, &path.to_string_lossy(), Some(format)).map_err(|e| match e {
+        let source = TableSource::new(name, &path, Some(format)).map_err(|e| match e {
             crate::Error::TablePathNotFound { path, .. } => PrepareError::Invalid(format!(
-                "{spec_label}: sources.{name}.path: '{path}' does not exist (paths are relative to --data-dir, here {}); generate data with `sluice gen churn --out DIR` and pass --data-dir DIR",
-                data_dir.display()
+                "{spec_label}: sources.{name}.path: '{path}' does not exist (paths are relative to --data-dir, here {data_dir}); generate data with `sluice gen churn --out DIR` and pass --data-dir DIR"
             )),
             other => PrepareError::Invalid(format!("{spec_label}: sources.{name}: {other}")),
         })?;

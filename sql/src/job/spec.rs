@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -397,13 +397,8 @@ impl JobSpec {
     }
 
     /// Resolves a source path against `data_dir`.
-    pub fn source_path(&self, source: &Source, data_dir: &Path) -> PathBuf {
-        let p = Path::new(&source.path);
-        if p.is_absolute() || source.path.contains("://") {
-            p.to_path_buf()
-        } else {
-            data_dir.join(p)
-        }
+    pub fn source_path(&self, source: &Source, data_dir: &str) -> String {
+        crate::storage::resolve(data_dir, &source.path)
     }
 }
 

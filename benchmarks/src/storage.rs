@@ -23,8 +23,7 @@ pub struct StorageBench {
 
 /// Commit latencies (ms) in `log` after byte `from`.
 fn commit_ms(log: &str, from: usize) -> Vec<f64> {
-    log.get(from..)
-        .unwrap_or_default()
+    strip_ansi(log.get(from..).unwrap_or_default())
         .lines()
         .filter(|l| l.contains("chunk committed"))
         .filter_map(|l| {
@@ -33,6 +32,24 @@ fn commit_ms(log: &str, from: usize) -> Vec<f64> {
                 .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<f64>().ok())
         })
         .collect()
+}
+
+/// `text` without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

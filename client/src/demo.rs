@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use chrono::NaiveDate;
-use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 use sluice_sql::session;
 
 use crate::backfill::{BackfillOptions, quality_report};
@@ -116,16 +116,13 @@ pub async fn run(
         });
     }
 
-    // 3. A few feature rows, read back from the Hive-partitioned output.
-    let conn = connect(&target, &[], &[]).await?;
-    let opts = ParquetReadOptions::default().table_partition_cols(vec![(
-        "feature_date".to_string(),
-        datafusion::arrow::datatypes::DataType::Utf8,
-    )]);
-    conn.ctx
-        .register_parquet("churn_features", &format!("{}/", output.display()), opts)
-        .await
-        .map_err(Error::from_datafusion)?;
+    // 3. A few feature rows, read back from the Delta table (its latest version).
+    let features = sluice_sql::tables::TableSource::new(
+        "churn_features",
+        &output.to_string_lossy(),
+        Some(sluice_sql::tables::TableFormat::Delta),
+    )?;
+    let conn = connect(&target, &[], std::slice::from_ref(&features)).await?;
     let rows = run_sql(
         &conn.ctx,
         "SELECT user_id, feature_date, total_spend_30d, txn_count_7d, round(avg_txn_value_30d, 2) AS avg_txn_30d, \

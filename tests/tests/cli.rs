@@ -242,3 +242,21 @@ fn sluice_sql_sees_the_local_catalog() {
         &["catalog", &catalog.display().to_string(), "line 1"],
     );
 }
+
+/// The README's first command: `sluice demo` (embedded cluster) generates
+/// data, backfills churn features into a Delta table, reads them back and
+/// checks them and TPC-H against single-node DataFusion.
+#[test]
+fn demo_runs_end_to_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(bin("sluice"))
+        .args(["demo", "--users", "300", "--scale-factor", "0.01"])
+        .current_dir(dir.path())
+        .output()
+        .expect("demo");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "demo failed: {said}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(said.contains("dates committed"), "{said}");
+    assert!(said.contains("equal the naive per-date SQL"), "{said}");
+    assert_eq!(said.matches("same answer").count(), 4, "{said}");
+}

@@ -89,6 +89,11 @@ pub fn run(b: &FlightBench) -> anyhow::Result<()> {
     rt.block_on(wide_table(&data.join("wide"), rows))?;
 
     std::fs::write(tmp.path().join("tokens"), format!("{TOKEN} admin\n"))?;
+    // The scheduler refuses a token file other users may read.
+    std::fs::set_permissions(
+        tmp.path().join("tokens"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let p = |x: &Path| x.display().to_string();
     let args = [
         "--flight-sql-bind".to_string(),

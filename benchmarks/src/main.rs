@@ -65,6 +65,10 @@ enum Bench {
         /// Only these queries (e.g. --query 1 --query 6).
         #[arg(long = "query")]
         queries: Vec<u32>,
+        /// Run the cluster with mutual TLS (certificates minted for the run;
+        /// executors then pull their tasks).
+        #[arg(long)]
+        cluster_tls: bool,
     },
     /// Churn backfill: tiled backfill vs the naive per-date loop, and 3x windows vs 1x.
     Churn {
@@ -208,9 +212,25 @@ fn main() -> anyhow::Result<()> {
                 vcores,
             )
         }
-        Bench::Tpch { scale_factor, data, iterations, executors, vcores, settings, queries } => {
-            tpch(scale_factor, data, iterations.max(1), executors, vcores, &settings, &queries)
-        }
+        Bench::Tpch {
+            scale_factor,
+            data,
+            iterations,
+            executors,
+            vcores,
+            settings,
+            queries,
+            cluster_tls,
+        } => tpch(
+            scale_factor,
+            data,
+            iterations.max(1),
+            executors,
+            vcores,
+            &settings,
+            &queries,
+            cluster_tls,
+        ),
     }
 }
 
@@ -222,6 +242,7 @@ fn tpch(
     vcores: usize,
     settings: &[String],
     only: &[u32],
+    cluster_tls: bool,
 ) -> anyhow::Result<()> {
     let dir = data.unwrap_or_else(|| {
         sluice_tests::workspace_root().join(format!("benchmarks/data/tpch-sf{sf}"))
@@ -239,16 +260,25 @@ fn tpch(
         .collect::<Result<Vec<_>, _>>()?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let vcores = if vcores == 0 { cores } else { vcores };
-    let cluster = TestCluster::start(executors, vcores).context("start the process cluster")?;
+    let cluster = if cluster_tls {
+        TestCluster::start_tls(executors, vcores)
+    } else {
+        TestCluster::start(executors, vcores)
+    }
+    .context("start the process cluster")?;
+    let tls = if cluster_tls { Some(cluster.member_tls("client")?) } else { None };
     let rt = sluice_proto::runtime()?;
     rt.block_on(async {
         let target = Target::Scheduler(cluster.scheduler_addr().parse()?);
-        let conn = connect(&target, &settings, &tables).await?;
+        let conn =
+            sluice_client::connect::connect_with(&target, None, tls.as_ref(), &settings, &tables)
+                .await?;
         let local = SessionContext::new_with_config(sluice_sql::session::local_session_config());
         for t in &tables {
             t.register(&local).await?;
         }
-        println!("TPC-H SF {sf}: local DataFusion ({cores} cores) vs process cluster (1 scheduler + {executors} executors x {vcores} slots), best of {iterations}");
+        let plane = if cluster_tls { "mutual TLS, pull scheduling" } else { "plain, push scheduling" };
+        println!("TPC-H SF {sf}: local DataFusion ({cores} cores) vs process cluster (1 scheduler + {executors} executors x {vcores} slots; {plane}), best of {iterations}");
         println!("settings: {settings:?}");
         println!("{:<6} {:>10} {:>10} {:>7} {:>6}", "query", "local s", "cluster s", "ratio", "rows");
         let (mut total_local, mut total_cluster) = (0.0, 0.0);

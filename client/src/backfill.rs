@@ -203,9 +203,12 @@ impl Service {
     pub async fn connect(scheduler: &HostPort, token: Option<&str>) -> Result<Self> {
         let unreachable =
             |e: String| Error::SchedulerUnreachable { addr: scheduler.clone(), reason: e };
-        let endpoint = tonic::transport::Endpoint::from_shared(scheduler.http_url())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(scheduler.http_url())
             .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = crate::connect::cluster_tls_from_env()? {
+            endpoint = tls.secure_endpoint(endpoint).map_err(|e| unreachable(e.to_string()))?;
+        }
         let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
         Ok(Self {
             client: BackfillServiceClient::new(channel),

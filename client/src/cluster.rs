@@ -52,7 +52,7 @@ impl EmbeddedCluster {
                 .push(sluice_executor::start(&config).await.map_err(|e| embedded(e.to_string()))?);
         }
         let addr = scheduler.endpoint.to_string();
-        crate::http::wait_ready(&addr, Duration::from_secs(60))
+        crate::http::wait_ready_with(&addr, None, Duration::from_secs(60))
             .await
             .map_err(|e| embedded(e.to_string()))?;
         Ok(Self { scheduler, executors: running, _work_dir: work_dir })

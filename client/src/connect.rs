@@ -39,6 +39,28 @@ pub struct Connection {
     _embedded: Option<EmbeddedCluster>,
 }
 
+/// The cluster's mutual-TLS credentials for this client, from
+/// `SLUICE_CLUSTER_CA`, `SLUICE_CLUSTER_CERT` and `SLUICE_CLUSTER_KEY` (PEM
+/// files, e.g. the `client` set of `sluice cluster certs`); none when unset.
+/// With them the client speaks TLS to the scheduler port and fetches
+/// results from executors with its certificate.
+///
+/// # Errors
+/// [`Error::Usage`] when only some are set or a file is unusable.
+pub fn cluster_tls_from_env() -> Result<Option<sluice_proto::tls::ClusterTls>> {
+    let var =
+        |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let (ca, cert, key) =
+        (var("SLUICE_CLUSTER_CA"), var("SLUICE_CLUSTER_CERT"), var("SLUICE_CLUSTER_KEY"));
+    sluice_proto::tls::ClusterTls::from_options(ca.as_deref(), cert.as_deref(), key.as_deref())
+        .map_err(|e| {
+            Error::Usage(format!(
+                "{} (set SLUICE_CLUSTER_CA, SLUICE_CLUSTER_CERT and SLUICE_CLUSTER_KEY together)",
+                e.to_string().replace("--cluster-", "SLUICE_CLUSTER_")
+            ))
+        })
+}
+
 /// Number of executors (and slots each) of an embedded cluster.
 pub const EMBEDDED_EXECUTORS: usize = 2;
 /// Slots per embedded executor: the machine's cores shared between them.
@@ -132,6 +154,25 @@ pub async fn connect_as(
     settings: &[(String, String)],
     tables: &[TableSource],
 ) -> Result<Connection> {
+    let tls = match target {
+        Target::Scheduler(_) | Target::Cluster(_) => cluster_tls_from_env()?,
+        Target::Standalone | Target::Local => None,
+    };
+    connect_with(target, token, tls.as_ref(), settings, tables).await
+}
+
+/// [`connect_as`] with explicit cluster TLS credentials (instead of
+/// `SLUICE_CLUSTER_*`).
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with(
+    target: &Target,
+    token: Option<&str>,
+    tls: Option<&sluice_proto::tls::ClusterTls>,
+    settings: &[(String, String)],
+    tables: &[TableSource],
+) -> Result<Connection> {
     if let Target::Local = target {
         let mut config = session::local_session_config();
         session::apply_settings(&mut config, settings)?;
@@ -153,6 +194,7 @@ pub async fn connect_as(
         .collect();
     session::apply_settings(&mut config, &from_env)?;
     session::apply_settings(&mut config, settings)?;
+    config = session::with_cluster_tls(config, tls);
     if let Some(token) = token {
         use ballista::prelude::SessionConfigExt;
         let metadata = [("authorization".to_string(), format!("Bearer {token}"))];

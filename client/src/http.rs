@@ -15,7 +15,8 @@ pub async fn get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(
     get_as(addr, path, None, timeout).await
 }
 
-/// [`get`] with a bearer token.
+/// [`get`] with a bearer token; over the cluster's mutual TLS when
+/// `SLUICE_CLUSTER_*` are set (see [`crate::connect::cluster_tls_from_env`]).
 ///
 /// # Errors
 /// As [`get`].
@@ -25,14 +26,50 @@ pub async fn get_as(
     token: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
+    let tls = crate::connect::cluster_tls_from_env()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    get_with(addr, path, token, tls.as_ref(), timeout).await
+}
+
+/// [`get_as`] with explicit cluster TLS credentials (`https://`).
+///
+/// # Errors
+/// As [`get`]; `InvalidInput` when the credentials cannot make a TLS client.
+pub async fn get_with(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    tls: Option<&sluice_proto::tls::ClusterTls>,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let fut = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let tcp = TcpStream::connect(addr).await?;
+        let mut stream: Box<dyn Stream> = match tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let config = tls.client_config().map_err(|e| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                })?;
+                let name =
+                    rustls::pki_types::ServerName::try_from(sluice_proto::tls::CLUSTER_SERVER_NAME)
+                        .map_err(|e| {
+                            std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                        })?;
+                let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+                Box::new(connector.connect(name, tcp).await?)
+            }
+        };
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await?;
+        // A TLS peer may close without close_notify after the response.
+        if let Err(e) = stream.read_to_end(&mut buf).await
+            && (buf.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof)
+        {
+            return Err(e);
+        }
         let text = String::from_utf8_lossy(&buf).into_owned();
         let status =
             text.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).ok_or_else(
@@ -46,15 +83,32 @@ pub async fn get_as(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
 }
 
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// Polls `/readyz` until it answers 200 or `deadline` passes.
 ///
 /// # Errors
 /// `TimedOut` with the last status seen.
 pub async fn wait_ready(addr: &str, deadline: Duration) -> std::io::Result<()> {
+    let tls = crate::connect::cluster_tls_from_env()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    wait_ready_with(addr, tls.as_ref(), deadline).await
+}
+
+/// [`wait_ready`] with explicit cluster TLS credentials.
+///
+/// # Errors
+/// As [`wait_ready`].
+pub async fn wait_ready_with(
+    addr: &str,
+    tls: Option<&sluice_proto::tls::ClusterTls>,
+    deadline: Duration,
+) -> std::io::Result<()> {
     let start = std::time::Instant::now();
     let mut last = String::from("no answer");
     while start.elapsed() < deadline {
-        match get(addr, "/readyz", Duration::from_secs(2)).await {
+        match get_with(addr, "/readyz", None, tls, Duration::from_secs(2)).await {
             Ok((200, _)) => return Ok(()),
             Ok((status, body)) => last = format!("HTTP {status}: {}", body.trim()),
             Err(e) => last = e.to_string(),

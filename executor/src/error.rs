@@ -43,6 +43,9 @@ pub enum Error {
 
     #[error(transparent)]
     Etcd(#[from] sluice_proto::etcd::EtcdError),
+
+    #[error("{reason}")]
+    Tls { reason: String },
 }
 
 impl Error {
@@ -60,9 +63,10 @@ impl Error {
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::Bind { .. } | Error::WorkDir { .. } | Error::InvalidConfig { .. } => {
-                ErrorClass::User
-            }
+            Error::Bind { .. }
+            | Error::WorkDir { .. }
+            | Error::InvalidConfig { .. }
+            | Error::Tls { .. } => ErrorClass::User,
             Error::SchedulerUnreachable { .. } => ErrorClass::External,
             Error::Executor { .. } | Error::Stopped { .. } => ErrorClass::Internal,
             Error::Etcd(e) => e.class(),

@@ -15,13 +15,17 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow_flight::flight_service_server::FlightServiceServer;
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_executor::ArrowFlightServerProvider;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use ballista_executor::flight_service::BallistaFlightService;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use sluice_proto::HostPort;
 use sluice_proto::logging::LogFormat;
+use sluice_proto::tls::{ClusterTls, Role};
 use tokio::task::JoinHandle;
 
 pub use error::{Error, Result};
@@ -50,6 +54,11 @@ pub struct ExecutorConfig {
     pub heartbeat_interval_seconds: u64,
     /// How long to keep retrying the scheduler at start before giving up.
     pub scheduler_connect_timeout_seconds: u16,
+    /// The cluster's CA, this executor's certificate and key (PEM): mutual
+    /// TLS to the scheduler, on the Flight port and for shuffle fetches.
+    pub cluster_ca: Option<PathBuf>,
+    pub cluster_cert: Option<PathBuf>,
+    pub cluster_key: Option<PathBuf>,
 }
 
 impl Default for ExecutorConfig {
@@ -65,6 +74,9 @@ impl Default for ExecutorConfig {
             log_format: LogFormat::Text,
             heartbeat_interval_seconds: 5,
             scheduler_connect_timeout_seconds: 20,
+            cluster_ca: None,
+            cluster_cert: None,
+            cluster_key: None,
         }
     }
 }
@@ -105,6 +117,61 @@ impl RunningExecutor {
     }
 }
 
+impl ExecutorConfig {
+    /// The cluster TLS credentials, when configured.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] naming the option or file at fault, or a certificate
+    /// that is not an executor's.
+    pub fn cluster_tls(&self) -> Result<Option<ClusterTls>> {
+        let tls = ClusterTls::from_options(
+            self.cluster_ca.as_deref(),
+            self.cluster_cert.as_deref(),
+            self.cluster_key.as_deref(),
+        )
+        .map_err(|e| Error::Tls { reason: e.to_string() })?;
+        if let Some(tls) = &tls
+            && tls.identity().role != Role::Executor
+        {
+            return Err(Error::Tls {
+                reason: format!(
+                    "--cluster-cert is a {} certificate; an executor needs an executor one",
+                    tls.identity()
+                ),
+            });
+        }
+        Ok(tls)
+    }
+}
+
+/// The executor's Arrow Flight service (shuffle and result fetches) over
+/// the cluster's mutual TLS: only holders of a cluster certificate may read.
+fn tls_flight_service(tls: ClusterTls) -> Arc<ArrowFlightServerProvider> {
+    let defaults = ExecutorProcessConfig::default();
+    let (max_encoding, max_decoding) = (
+        defaults.grpc_max_encoding_message_size as usize,
+        defaults.grpc_max_decoding_message_size as usize,
+    );
+    Arc::new(move |work_dir, address, mut shutdown, grpc_config| {
+        let tls = tls.tonic_server();
+        tokio::spawn(async move {
+            let server = ballista_core::utils::create_grpc_server(&grpc_config)
+                .tls_config(tls)
+                .map_err(ballista_core::error::BallistaError::TonicError)?;
+            tracing::info!(%address, "arrow flight server (cluster TLS) listening");
+            let service = FlightServiceServer::new(BallistaFlightService::new(work_dir))
+                .max_decoding_message_size(max_decoding)
+                .max_encoding_message_size(max_encoding);
+            let mut server = server;
+            server
+                .add_service(service)
+                .serve_with_shutdown(address, shutdown.recv())
+                .await
+                .map_err(ballista_core::error::BallistaError::TonicError)
+        })
+    })
+}
+
 /// A port that was free a moment ago on `host`. Ballista's executor binds
 /// its ports itself, so port 0 is resolved here first.
 fn free_port(host: &str) -> std::io::Result<u16> {
@@ -117,6 +184,7 @@ fn free_port(host: &str) -> std::io::Result<u16> {
 /// [`Error::Bind`] when no port can be found on the bind host,
 /// [`Error::InvalidConfig`] for a config Ballista rejects.
 pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
+    let tls = config.cluster_tls()?;
     let host = config.bind.host.clone();
     let bind_err = |source| Error::Bind { addr: config.bind.clone(), source };
     let port =
@@ -150,11 +218,29 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
         scheduler_port: config.scheduler.port,
         scheduler_connect_timeout_seconds: config.scheduler_connect_timeout_seconds,
         vcores,
-        task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        // Ballista serves the push task port without TLS: with cluster TLS
+        // the executor pulls its tasks and opens no task port.
+        task_scheduling_policy: if tls.is_some() {
+            TaskSchedulingPolicy::PullStaged
+        } else {
+            TaskSchedulingPolicy::PushStaged
+        },
+        override_create_grpc_client_endpoint: tls
+            .as_ref()
+            .map(sluice_sql::session::endpoint_override),
+        override_arrow_flight_service: tls.clone().map(tls_flight_service),
         work_dir,
         executor_heartbeat_interval_seconds: config.heartbeat_interval_seconds,
         memory_pool_size: config.memory_limit.map(|b| b.as_u64()),
-        override_config_producer: Some(Arc::new(sluice_sql::session::cluster_session_config)),
+        override_config_producer: Some({
+            let tls = tls.clone();
+            Arc::new(move || {
+                sluice_sql::session::with_cluster_tls(
+                    sluice_sql::session::cluster_session_config(),
+                    tls.as_ref(),
+                )
+            })
+        }),
         override_runtime_producer: Some(runtime_producer),
         // Decodes Sluice's plan nodes (the parallel partitioned write).
         override_physical_codec: Some(Arc::new(sluice_sql::write::SluiceCodec::default())),

@@ -66,6 +66,17 @@ struct Args {
     /// Log line format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_name = "text|json")]
     log_format: Option<LogFormat>,
+    /// The cluster's CA certificate (PEM): with --cluster-cert and
+    /// --cluster-key, mutual TLS to the scheduler and other executors; the
+    /// executor then pulls its tasks and opens no task port.
+    #[arg(long, env = "SLUICE_CLUSTER_CA", value_name = "FILE")]
+    cluster_ca: Option<PathBuf>,
+    /// This executor's cluster certificate (PEM, role executor).
+    #[arg(long, env = "SLUICE_CLUSTER_CERT", value_name = "FILE")]
+    cluster_cert: Option<PathBuf>,
+    /// This executor's private key (PEM, mode 0600).
+    #[arg(long, env = "SLUICE_CLUSTER_KEY", value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
     /// TOML config file with the same keys in kebab-case (e.g. `memory-limit = "2GiB"`).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -134,6 +145,15 @@ fn config_from(args: Args) -> Result<ExecutorConfig, String> {
     if let Some(v) = args.log_format {
         config.log_format = v;
     }
+    if let Some(v) = args.cluster_ca {
+        config.cluster_ca = Some(v);
+    }
+    if let Some(v) = args.cluster_cert {
+        config.cluster_cert = Some(v);
+    }
+    if let Some(v) = args.cluster_key {
+        config.cluster_key = Some(v);
+    }
     if let Some(v) = args.heartbeat_interval_seconds {
         if v == 0 {
             return Err("--heartbeat-interval-seconds must be at least 1".to_string());
@@ -164,6 +184,10 @@ async fn run() -> ExitCode {
         }
     };
     logging::init(config.log_format, logging::DEFAULT_FILTER);
+    if let Err(e) = config.cluster_tls() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(follow) = follow {
         return run_following(&config, follow).await;
     }

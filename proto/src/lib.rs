@@ -12,6 +12,7 @@ mod error;
 pub mod etcd;
 pub mod logging;
 pub mod remote_error;
+pub mod tls;
 
 /// Messages generated from `proto/sluice/v1/*.proto`.
 pub mod pb {

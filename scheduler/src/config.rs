@@ -48,6 +48,11 @@ pub struct SchedulerProcessConfig {
     pub tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA (mTLS).
     pub tls_client_ca: Option<PathBuf>,
+    /// The cluster's CA, this scheduler's certificate and key (PEM): mutual
+    /// TLS on the scheduler port and to executors (`sluice cluster certs`).
+    pub cluster_ca: Option<PathBuf>,
+    pub cluster_cert: Option<PathBuf>,
+    pub cluster_key: Option<PathBuf>,
     /// Folders queries may read (repeatable); none means unrestricted.
     pub data_roots: Vec<PathBuf>,
     /// The persistent table catalog (a JSON file).
@@ -96,6 +101,9 @@ impl Default for SchedulerProcessConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            cluster_ca: None,
+            cluster_cert: None,
+            cluster_key: None,
             data_roots: Vec::new(),
             catalog: None,
             state: StateBackend::Memory,
@@ -132,6 +140,31 @@ impl SchedulerProcessConfig {
         sluice_proto::etcd::EtcdTarget::parse(endpoints, &self.cluster).map(Some).map_err(|e| {
             Error::ConfigFile { path: "--etcd-endpoints/--cluster".into(), reason: e.to_string() }
         })
+    }
+
+    /// The cluster TLS credentials, when configured.
+    ///
+    /// # Errors
+    /// [`Error::ConfigFile`] naming the option or file at fault.
+    pub fn cluster_tls(&self) -> Result<Option<sluice_proto::tls::ClusterTls>> {
+        let tls = sluice_proto::tls::ClusterTls::from_options(
+            self.cluster_ca.as_deref(),
+            self.cluster_cert.as_deref(),
+            self.cluster_key.as_deref(),
+        )
+        .map_err(|e| Error::ConfigFile { path: "--cluster-*".into(), reason: e.to_string() })?;
+        if let Some(tls) = &tls
+            && tls.identity().role != sluice_proto::tls::Role::Scheduler
+        {
+            return Err(Error::ConfigFile {
+                path: "--cluster-cert".into(),
+                reason: format!(
+                    "is a {} certificate; the scheduler needs a scheduler one",
+                    tls.identity()
+                ),
+            });
+        }
+        Ok(tls)
     }
 
     /// Reads a TOML config file over the defaults.

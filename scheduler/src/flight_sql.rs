@@ -86,6 +86,10 @@ impl Tokens {
             path: path.display().to_string(),
             reason: format!("line {line}: {reason}"),
         };
+        // Anyone who can read the file holds every token in it.
+        sluice_proto::tls::check_private_file("--auth-token-file", path).map_err(|e| {
+            Error::ConfigFile { path: path.display().to_string(), reason: e.to_string() }
+        })?;
         let text = std::fs::read_to_string(path).map_err(|e| Error::ConfigFile {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -146,6 +150,8 @@ impl Tokens {
 #[derive(Debug, Clone)]
 pub struct FlightSqlConfig {
     pub bind: HostPort,
+    /// The scheduler's cluster credentials, for fetching results from executors.
+    pub cluster_tls: Option<sluice_proto::tls::ClusterTls>,
     /// `None`: anonymous (loopback only unless `allow_anonymous`).
     pub tokens: Option<Tokens>,
     pub allow_anonymous: bool,
@@ -286,10 +292,70 @@ pub struct SluiceFlightSql {
     tokens: Option<Tokens>,
     roots: DataRoots,
     catalog: Option<FileCatalog>,
+    signer: TicketSigner,
 }
 
 /// Ballista's action tag for a partition handle (`ticket.rs`).
 const PARTITION_HANDLE: u8 = 0;
+
+/// The first byte of a statement handle this endpoint signed.
+const SIGNED_HANDLE: u8 = 0xA5;
+
+/// Signs the statement handles of the tickets this endpoint issues (HMAC-
+/// SHA256 with a key drawn when the process starts), so that `DoGet`
+/// redeems only tickets it issued: a handle names the job, stage,
+/// partition and executor of a result, and job ids are easy to learn
+/// (they are time-ordered and listed by `/api/jobs`). Tickets of a previous
+/// leader are refused after a failover, like its results.
+struct TicketSigner {
+    key: ring::hmac::Key,
+}
+
+impl TicketSigner {
+    fn new() -> Result<Self> {
+        let rng = ring::rand::SystemRandom::new();
+        let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).map_err(|_| {
+            Error::ConfigFile {
+                path: "--flight-sql-bind".into(),
+                reason: "no randomness for the ticket key".into(),
+            }
+        })?;
+        Ok(Self { key })
+    }
+
+    fn sign(&self, handle: &[u8]) -> Vec<u8> {
+        let tag = ring::hmac::sign(&self.key, handle);
+        let mut signed = Vec::with_capacity(1 + tag.as_ref().len() + handle.len());
+        signed.push(SIGNED_HANDLE);
+        signed.extend_from_slice(tag.as_ref());
+        signed.extend_from_slice(handle);
+        signed
+    }
+
+    /// The handle `signed` carries, if this signer signed it.
+    fn open<'a>(&self, signed: &'a [u8]) -> Option<&'a [u8]> {
+        let (&first, rest) = signed.split_first()?;
+        let len = ring::hmac::HMAC_SHA256.digest_algorithm().output_len();
+        if first != SIGNED_HANDLE || rest.len() < len {
+            return None;
+        }
+        let (tag, handle) = rest.split_at(len);
+        ring::hmac::verify(&self.key, handle, tag).ok()?;
+        Some(handle)
+    }
+
+    /// Signs `ticket` in place when it is a statement ticket.
+    fn sign_ticket(&self, ticket: &mut Ticket) {
+        let Ok(any) = Any::decode(ticket.ticket.clone()) else { return };
+        let Ok(Command::TicketStatementQuery(mut statement)) = Command::try_from(any) else {
+            return;
+        };
+        statement.statement_handle = self.sign(&statement.statement_handle).into();
+        if let Ok(any) = Any::pack(&statement) {
+            ticket.ticket = any.encode_to_vec().into();
+        }
+    }
+}
 
 impl SluiceFlightSql {
     /// Checks the call's credentials; returns the caller's role.
@@ -341,6 +407,12 @@ impl SluiceFlightSql {
                      SET and other statements need a token with the admin role",
                 ));
             }
+            if role != Role::Admin && reads_settings(statement) {
+                return Err(Status::permission_denied(
+                    "information_schema.df_settings holds the session's settings, secrets \
+                     included (s3.secret_access_key); it needs a token with the admin role",
+                ));
+            }
         }
         Ok(())
     }
@@ -365,12 +437,12 @@ impl SluiceFlightSql {
     /// Admits only Flight SQL tickets, and partition tickets only when they
     /// name a registered executor (a forged ticket could otherwise make the
     /// scheduler connect anywhere).
-    async fn check_ticket(&self, ticket: &Ticket) -> std::result::Result<(), Status> {
+    async fn check_ticket(&self, ticket: Ticket) -> std::result::Result<Ticket, Status> {
         let forged = |why: &str| Status::permission_denied(format!("ticket refused: {why}"));
         let any =
             Any::decode(ticket.ticket.clone()).map_err(|_| forged("not a Flight SQL ticket"))?;
         let command = Command::try_from(any).map_err(|_| forged("not a Flight SQL ticket"))?;
-        let statement = match command {
+        let mut statement = match command {
             Command::TicketStatementQuery(statement) => statement,
             // Metadata tickets carry their command and run on the scheduler.
             Command::CommandGetCatalogs(_)
@@ -378,17 +450,24 @@ impl SluiceFlightSql {
             | Command::CommandGetTables(_)
             | Command::CommandGetTableTypes(_)
             | Command::CommandGetSqlInfo(_)
-            | Command::CommandGetXdbcTypeInfo(_) => return Ok(()),
+            | Command::CommandGetXdbcTypeInfo(_) => return Ok(ticket),
             // Anything else would reach Ballista's fallback, which proxies a
             // raw partition fetch to whatever host it names.
             _ => return Err(forged("not a Flight SQL ticket")),
         };
-        let handle = statement.statement_handle;
+        let handle = self
+            .signer
+            .open(&statement.statement_handle)
+            .ok_or_else(|| forged("not issued by this scheduler (or altered)"))?
+            .to_vec();
+        statement.statement_handle = handle.clone().into();
+        let any = Any::pack(&statement).map_err(|e| Status::internal(e.to_string()))?;
+        let ticket = Ticket { ticket: any.encode_to_vec().into() };
         let Some((&tag, payload)) = handle.split_first() else {
             return Err(forged("empty handle"));
         };
         if tag != PARTITION_HANDLE {
-            return Ok(()); // a server-side result, looked up by handle
+            return Ok(ticket); // a server-side result, looked up by handle
         }
         let action =
             protobuf::Action::decode(payload).map_err(|_| forged("malformed partition handle"))?;
@@ -411,7 +490,7 @@ impl SluiceFlightSql {
                 fetch.host, fetch.port
             )));
         }
-        Ok(())
+        Ok(ticket)
     }
 
     fn catalog(&self) -> std::result::Result<&FileCatalog, Status> {
@@ -539,7 +618,13 @@ impl FlightService for SluiceFlightSql {
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         let (role, request) = self.admit(request)?;
         self.check_command(role, &request.get_ref().cmd)?;
-        self.inner.get_flight_info(request).await
+        let mut response = self.inner.get_flight_info(request).await?;
+        for endpoint in &mut response.get_mut().endpoint {
+            if let Some(ticket) = endpoint.ticket.as_mut() {
+                self.signer.sign_ticket(ticket);
+            }
+        }
+        Ok(response)
     }
 
     async fn poll_flight_info(
@@ -564,8 +649,9 @@ impl FlightService for SluiceFlightSql {
         &self,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<Self::DoGetStream>, Status> {
-        let (_, request) = self.admit(request)?;
-        self.check_ticket(request.get_ref()).await?;
+        let (_, mut request) = self.admit(request)?;
+        let ticket = std::mem::take(request.get_mut());
+        *request.get_mut() = self.check_ticket(ticket).await?;
         self.inner.do_get(request).await
     }
 
@@ -643,6 +729,19 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>> {
     })
 }
 
+/// Whether `statement` reads `information_schema.df_settings`, by the
+/// tables its plan would resolve (not by its text).
+fn reads_settings(statement: &DfStatement) -> bool {
+    match datafusion::sql::resolve::resolve_table_references(statement, true) {
+        Ok((tables, _)) => tables.iter().any(|t| {
+            t.table().eq_ignore_ascii_case("df_settings")
+                && t.schema().is_some_and(|s| s.eq_ignore_ascii_case("information_schema"))
+        }),
+        // Unresolvable: let the planner report it, but not to a read token.
+        Err(_) => true,
+    }
+}
+
 /// Binds and serves the Flight SQL endpoint.
 ///
 /// # Errors
@@ -663,8 +762,26 @@ pub async fn serve(
             ),
         });
     }
+    if config.tokens.is_some() && !loopback && config.tls_cert.is_none() {
+        return Err(Error::ConfigFile {
+            path: "--flight-sql-bind".into(),
+            reason: format!(
+                "{} is not a loopback address and --tls-cert is not set: tokens would cross the \
+                 network in cleartext; add --tls-cert/--tls-key or bind to 127.0.0.1",
+                config.bind
+            ),
+        });
+    }
     let (listener, local_addr) = crate::bind(&config.bind).await?;
-    let proxy = BallistaFlightProxyService::new(256 * 1024 * 1024, 256 * 1024 * 1024, false, None);
+    // Result partitions are fetched from executors with the scheduler's
+    // cluster certificate when the cluster speaks mutual TLS.
+    let customize = config.cluster_tls.as_ref().map(|tls| {
+        Arc::new(ballista_core::extension::BallistaConfigGrpcEndpoint::new(
+            sluice_sql::session::endpoint_override(tls),
+        ))
+    });
+    let proxy =
+        BallistaFlightProxyService::new(256 * 1024 * 1024, 256 * 1024 * 1024, false, customize);
     let backend = Arc::new(Backend { scheduler: Arc::clone(&scheduler) });
     let inner = BallistaFlightSqlService::new(backend, proxy)
         .with_authenticator(Arc::new(AnonymousAuthenticator));
@@ -674,6 +791,7 @@ pub async fn serve(
         tokens: config.tokens.clone(),
         roots: config.data_roots.clone(),
         catalog: config.catalog.clone(),
+        signer: TicketSigner::new()?,
     };
     let mut builder = Server::builder();
     match (&config.tls_cert, &config.tls_key) {

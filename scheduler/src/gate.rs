@@ -4,22 +4,26 @@
 //!
 //! ```text
 //!   /ballista.protobuf.SchedulerGrpc/ExecuteQuery, GetJobStatus, CancelJob…  admin token
-//!   /ballista.protobuf.SchedulerGrpc/RegisterExecutor, PollWork, HeartBeat…  executors: cluster network
+//!   /ballista.protobuf.SchedulerGrpc/RegisterExecutor, PollWork, HeartBeat…  executor certificate (cluster TLS)
+//!   /api/job/{id}/config (a job's settings, secrets included)               admin
 //!   /api/…                                                                   GET: any token; else admin
 //!   /healthz, /readyz                                                        open (probes)
 //! ```
 //!
 //! Submitting a plan over Ballista's gRPC can write (`COPY`, `INSERT`), so
 //! it takes the admin role; read-only clients use the Flight SQL endpoint.
-//! Executors cannot send a token on Ballista's client, so their calls are
-//! left to the network: bind the scheduler port to the cluster network.
+//! Executors cannot send a token on Ballista's client: with cluster TLS
+//! (`--cluster-ca/--cluster-cert/--cluster-key`) their calls need an
+//! executor certificate, and a client certificate of the cluster stands for
+//! the admin role; without it executors' calls are left to the network (bind
+//! the scheduler port to the cluster network). Executor messages are
+//! checked by `guard` before Ballista sees them.
 //!
 //! Sluice serves the port itself (instead of Ballista's
 //! `start_grpc_service_with_listener`) to put the check in front of every
 //! route; the embedded Flight proxy it could mount is off in Sluice (tickets
 //! go through the Flight SQL endpoint's allow-list instead).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -33,7 +37,12 @@ use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use tonic::service::RoutesBuilder;
 
+use axum::extract::ConnectInfo;
+use sluice_proto::tls::{ClusterTls, Role as CertRole};
+
 use crate::flight_sql::{Role, Tokens};
+use crate::guard::GuardedScheduler;
+use crate::listener::{ClusterListener, Peer};
 
 type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 
@@ -53,20 +62,33 @@ const EXECUTOR_METHODS: &[&str] = &[
 #[derive(Debug, PartialEq, Eq)]
 enum Need {
     Nothing,
+    /// An executor's call: with cluster TLS, an executor certificate.
+    Executor,
     AnyToken,
     Admin,
 }
 
 fn need(method: &Method, path: &str) -> Need {
     if let Some(rpc) = path.strip_prefix(GRPC_PREFIX) {
-        if EXECUTOR_METHODS.contains(&rpc) { Need::Nothing } else { Need::Admin }
+        if EXECUTOR_METHODS.contains(&rpc) { Need::Executor } else { Need::Admin }
     } else if path == "/healthz" || path == "/readyz" {
         Need::Nothing
+    } else if path.starts_with("/api/job/") && path.ends_with("/config") {
+        // A job's settings: S3 secret keys among them.
+        Need::Admin
     } else if method == Method::GET || method == Method::HEAD {
         Need::AnyToken
     } else {
         Need::Admin
     }
+}
+
+/// What the gate checks against.
+struct Policy {
+    tokens: Option<Tokens>,
+    /// The port speaks cluster TLS: executors' calls need an executor
+    /// certificate, and client calls a token or a client certificate.
+    cluster_tls: bool,
 }
 
 /// Refuses a request: a gRPC status for gRPC paths, HTTP 401/403 otherwise.
@@ -81,13 +103,54 @@ fn refuse(grpc: bool, status: tonic::Status) -> Response {
     (code, format!("{}\n", status.message())).into_response()
 }
 
-async fn check(State(tokens): State<Arc<Tokens>>, request: Request, next: Next) -> Response {
+async fn check(State(policy): State<Arc<Policy>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let grpc = path.starts_with(GRPC_PREFIX);
     let need = need(request.method(), path);
-    if need == Need::Nothing {
+    let peer = request.extensions().get::<ConnectInfo<Peer>>().map(|info| info.0.clone());
+    if let Some(peer) = &peer {
+        // Ballista's handlers read the caller's address from here.
+        request.extensions_mut().insert(ConnectInfo(peer.addr));
+    }
+    let identity = peer.and_then(|p| p.identity);
+    match need {
+        Need::Nothing => return next.run(request).await,
+        Need::Executor if !policy.cluster_tls => return next.run(request).await,
+        Need::Executor => {
+            return match identity {
+                Some(id) if id.role == CertRole::Executor => next.run(request).await,
+                Some(id) => refuse(
+                    grpc,
+                    tonic::Status::permission_denied(format!(
+                        "executor calls need an executor certificate; this is {id}"
+                    )),
+                ),
+                None => refuse(
+                    grpc,
+                    tonic::Status::unauthenticated(
+                        "executor calls need a cluster certificate (--cluster-cert)",
+                    ),
+                ),
+            };
+        }
+        Need::AnyToken | Need::Admin => {}
+    }
+    // An operator's client certificate (or the scheduler's own) stands for
+    // the admin role.
+    if identity.is_some_and(|id| matches!(id.role, CertRole::Client | CertRole::Scheduler)) {
         return next.run(request).await;
     }
+    let Some(tokens) = &policy.tokens else {
+        if policy.cluster_tls {
+            return refuse(
+                grpc,
+                tonic::Status::unauthenticated(
+                    "this cluster needs a client certificate (--cluster-cert) or a token",
+                ),
+            );
+        }
+        return next.run(request).await;
+    };
     let header = match request.headers().get(header::AUTHORIZATION).map(|v| v.to_str()) {
         None => None,
         Some(Ok(v)) => Some(v),
@@ -126,7 +189,7 @@ async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> Response {
 }
 
 /// Serves the scheduler port until it fails; with `tokens`, client calls
-/// must carry one.
+/// must carry one; with `tls`, the port speaks cluster TLS.
 ///
 /// # Errors
 /// The I/O error that stopped the server.
@@ -134,34 +197,31 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     scheduler: Scheduler,
     tokens: Option<Tokens>,
+    tls: Option<ClusterTls>,
     backfills: sluice_proto::pb::backfill_service_server::BackfillServiceServer<
         crate::backfill::BackfillGrpc,
     >,
 ) -> std::io::Result<()> {
+    let listener = ClusterListener::new(listener, tls.as_ref())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let config = scheduler.state.config.clone();
-    let grpc = SchedulerGrpcServer::new(scheduler.clone())
+    let grpc = SchedulerGrpcServer::new(GuardedScheduler::new(scheduler.clone(), tls.is_some()))
         .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
         .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);
     let mut routes = RoutesBuilder::default();
     routes.add_service(grpc);
     routes.add_service(backfills);
     let scheduler = Arc::new(scheduler);
-    let mut app = get_routes(Arc::clone(&scheduler)).merge(routes.routes().into_axum_router());
-    if let Some(tokens) = tokens {
-        app = app.layer(axum::middleware::from_fn_with_state(Arc::new(tokens), check));
-    }
+    let policy = Arc::new(Policy { tokens, cluster_tls: tls.is_some() });
+    let app = get_routes(Arc::clone(&scheduler))
+        .merge(routes.routes().into_axum_router())
+        .layer(axum::middleware::from_fn_with_state(policy, check));
     let health = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(scheduler);
     let app = app.merge(health).fallback(|| async { StatusCode::NOT_FOUND });
-    // Small gRPC replies must not wait for the peer's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
 }
 
 /// What a standby says about the leader.
@@ -210,9 +270,12 @@ async fn standby_refusal(State(leader): State<LeaderView>, request: Request) -> 
 pub(crate) async fn serve_standby(
     listener: tokio::net::TcpListener,
     leader: LeaderView,
+    tls: Option<ClusterTls>,
 ) -> std::io::Result<()> {
+    let listener = ClusterListener::new(listener, tls.as_ref())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let app = axum::Router::new().fallback(standby_refusal).with_state(leader);
-    axum::serve(listener, app.into_make_service()).await
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
 }
 
 #[cfg(test)]
@@ -221,7 +284,10 @@ mod tests {
 
     #[test]
     fn executors_calls_and_probes_are_open_client_calls_are_not() {
-        assert_eq!(need(&Method::POST, "/ballista.protobuf.SchedulerGrpc/PollWork"), Need::Nothing);
+        assert_eq!(
+            need(&Method::POST, "/ballista.protobuf.SchedulerGrpc/PollWork"),
+            Need::Executor
+        );
         assert_eq!(need(&Method::GET, "/readyz"), Need::Nothing);
         assert_eq!(
             need(&Method::POST, "/ballista.protobuf.SchedulerGrpc/ExecuteQuery"),
@@ -232,6 +298,7 @@ mod tests {
             Need::Admin
         );
         assert_eq!(need(&Method::GET, "/api/jobs"), Need::AnyToken);
+        assert_eq!(need(&Method::GET, "/api/job/abc/config"), Need::Admin);
         assert_eq!(need(&Method::PATCH, "/api/job/abc"), Need::Admin);
         // A method Ballista adds later is a client's until listed.
         assert_eq!(need(&Method::POST, "/ballista.protobuf.SchedulerGrpc/NewThing"), Need::Admin);

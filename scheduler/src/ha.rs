@@ -173,9 +173,10 @@ pub async fn run(
         let standby = phase_runtime("sluice-standby")?;
         let standby_listener = phase_listener(&listener).map_err(bind_error)?;
         let standby_view = Arc::clone(&view);
+        let standby_tls = config.cluster_tls()?;
         standby.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(standby_listener)?;
-            crate::gate::serve_standby(listener, standby_view).await
+            crate::gate::serve_standby(listener, standby_view, standby_tls).await
         });
         let campaign = campaign(&target, &client, &lease, &me, &view, &mut shutdown).await;
         standby.shutdown_background();

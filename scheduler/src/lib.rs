@@ -16,7 +16,9 @@ pub mod config;
 pub mod error;
 pub mod flight_sql;
 mod gate;
+pub mod guard;
 pub mod ha;
+mod listener;
 pub mod recovery;
 pub mod watchdog;
 
@@ -29,6 +31,7 @@ use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::create_scheduler;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use sluice_proto::HostPort;
+use sluice_proto::tls::ClusterTls;
 use sluice_sql::catalog::FileCatalog;
 use sluice_sql::roots::DataRoots;
 use tokio::task::JoinHandle;
@@ -85,6 +88,7 @@ fn ballista_config(
     endpoint: &HostPort,
     catalog: Option<&FileCatalog>,
     roots: &DataRoots,
+    tls: Option<&ClusterTls>,
 ) -> SchedulerConfig {
     let session_builder: ballista_scheduler::SessionBuilder =
         Arc::new(sluice_sql::session::scheduler_session_builder(catalog.cloned(), roots.clone()));
@@ -93,7 +97,14 @@ fn ballista_config(
         bind_host: config.bind.host.clone(),
         external_host: endpoint.host.clone(),
         bind_port: endpoint.port,
-        scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        // Ballista's executor serves its task port without TLS, so with
+        // cluster TLS executors pull their tasks and no task port exists.
+        scheduling_policy: if tls.is_some() {
+            TaskSchedulingPolicy::PullStaged
+        } else {
+            TaskSchedulingPolicy::PushStaged
+        },
+        override_create_grpc_client_endpoint: tls.map(sluice_sql::session::endpoint_override),
         executor_timeout_seconds: config.executor_timeout_seconds,
         expire_dead_executor_interval_seconds: config.expire_dead_executor_interval_seconds,
         executor_termination_grace_period: config.executor_termination_grace_period_seconds,
@@ -167,7 +178,18 @@ pub async fn start_on(
         Some(path) => Some(flight_sql::Tokens::from_file(path)?),
         None => None,
     };
-    let ballista = ballista_config(config, &endpoint, catalog.as_ref(), &roots);
+    let tls = config.cluster_tls()?;
+    if tokens.is_some() && tls.is_none() && !is_loopback(&local_addr) {
+        return Err(Error::ConfigFile {
+            path: "--auth-token-file".into(),
+            reason: format!(
+                "the scheduler port {local_addr} is not a loopback address and has no cluster \
+                 TLS: tokens would cross the network in cleartext; add --cluster-ca, \
+                 --cluster-cert and --cluster-key, or bind to 127.0.0.1"
+            ),
+        });
+    }
+    let ballista = ballista_config(config, &endpoint, catalog.as_ref(), &roots, tls.as_ref());
     ballista.validate().map_err(|source| Error::Server { source })?;
     let cluster = BallistaCluster::new_from_config(&ballista)
         .await
@@ -203,6 +225,7 @@ pub async fn start_on(
                 tls_client_ca: config.tls_client_ca.clone(),
                 data_roots: roots,
                 catalog,
+                cluster_tls: tls.clone(),
             };
             Some(flight_sql::serve(&flight, Arc::new(server.clone())).await?)
         }
@@ -210,7 +233,7 @@ pub async fn start_on(
     };
     let scheduler = Arc::new(server.clone());
     let hub = backfill::Hub::new(
-        Arc::new(backfill::ClusterEngine { scheduler: Arc::clone(&scheduler) }),
+        Arc::new(backfill::ClusterEngine { scheduler: Arc::clone(&scheduler), tls: tls.clone() }),
         backfills,
         format!("scheduler-{endpoint}"),
     );
@@ -220,6 +243,7 @@ pub async fn start_on(
         listener,
         server,
         tokens,
+        tls,
         backfill::grpc_service(Arc::clone(&hub)),
     ));
     Ok(RunningScheduler {
@@ -244,6 +268,10 @@ pub(crate) async fn bind(addr: &HostPort) -> Result<(tokio::net::TcpListener, So
         tokio::net::TcpListener::bind((addr.host.as_str(), addr.port)).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local_addr))
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
 }
 
 /// The host to advertise when only a bind address is given: a wildcard bind

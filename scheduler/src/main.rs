@@ -64,6 +64,17 @@ struct Args {
     /// Require client certificates signed by this CA (PEM): mutual TLS.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// The cluster's CA certificate (PEM): with --cluster-cert and
+    /// --cluster-key, mutual TLS on the scheduler port and to executors.
+    /// Mint a development set with `sluice cluster certs --out DIR`.
+    #[arg(long, env = "SLUICE_CLUSTER_CA", value_name = "FILE")]
+    cluster_ca: Option<PathBuf>,
+    /// This scheduler's cluster certificate (PEM, role scheduler).
+    #[arg(long, env = "SLUICE_CLUSTER_CERT", value_name = "FILE")]
+    cluster_cert: Option<PathBuf>,
+    /// This scheduler's private key (PEM, mode 0600).
+    #[arg(long, env = "SLUICE_CLUSTER_KEY", value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
     /// A folder queries may read; repeat for several. None: unrestricted.
     #[arg(long = "data-root", value_name = "DIR")]
     data_roots: Vec<PathBuf>,
@@ -129,6 +140,15 @@ fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::E
     if let Some(v) = args.tls_client_ca {
         config.tls_client_ca = Some(v);
     }
+    if let Some(v) = args.cluster_ca {
+        config.cluster_ca = Some(v);
+    }
+    if let Some(v) = args.cluster_cert {
+        config.cluster_cert = Some(v);
+    }
+    if let Some(v) = args.cluster_key {
+        config.cluster_key = Some(v);
+    }
     if !args.data_roots.is_empty() {
         config.data_roots = args.data_roots;
     }
@@ -155,6 +175,7 @@ fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::E
         config.etcd_connect_timeout_seconds = v;
     }
     config.etcd_target()?;
+    config.cluster_tls()?;
     Ok(config)
 }
 
@@ -172,6 +193,7 @@ async fn run() -> ExitCode {
         }
     };
     logging::init(config.log_format, logging::DEFAULT_FILTER);
+    sluice_scheduler::guard::exit_on_scheduler_panic();
     match config.etcd_target() {
         Ok(Some(target)) => return run_ha(&config, target).await,
         Ok(None) => {}

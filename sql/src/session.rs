@@ -56,6 +56,29 @@ pub fn cluster_session_config() -> SessionConfig {
         .set_bool("datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery", true)
 }
 
+/// Ballista's hook for the gRPC endpoints it builds (to the scheduler, to
+/// executors' Flight ports), made to speak the cluster's mutual TLS.
+pub fn endpoint_override(
+    tls: &sluice_proto::tls::ClusterTls,
+) -> ballista_core::extension::EndpointOverrideFn {
+    let tls = tls.clone();
+    Arc::new(move |endpoint| tls.secure_endpoint(endpoint))
+}
+
+/// `config` whose Ballista clients (shuffle and result fetches, calls to the
+/// scheduler) use the cluster's mutual TLS, when there is one.
+pub fn with_cluster_tls(
+    config: SessionConfig,
+    tls: Option<&sluice_proto::tls::ClusterTls>,
+) -> SessionConfig {
+    match tls {
+        Some(tls) => {
+            config.with_ballista_override_create_grpc_client_endpoint(endpoint_override(tls))
+        }
+        None => config,
+    }
+}
+
 /// The reference engine's configuration: plain single-process DataFusion
 /// with its own defaults (all cores), plus the `sluice.*` options so that the
 /// same `--set` lines are accepted by both engines.

@@ -165,6 +165,8 @@ pub struct TestCluster {
     pub scheduler: Proc,
     pub executors: Vec<Proc>,
     pub dir: tempfile::TempDir,
+    /// The cluster's certificates when it runs with mutual TLS.
+    pub certs: Option<sluice_proto::tls::Minted>,
 }
 
 impl TestCluster {
@@ -201,19 +203,51 @@ impl TestCluster {
         scheduler_args: &[&str],
         executor_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_inner(executors, vcores, scheduler_args, executor_args, false)
+    }
+
+    /// As [`TestCluster::start`], with mutual TLS between all members
+    /// (`sluice cluster certs`: executor-1..N for the executors, one spare
+    /// executor certificate, and `client` for clients).
+    pub fn start_tls(executors: usize, vcores: usize) -> anyhow::Result<Self> {
+        Self::start_inner(executors, vcores, &[], &[], true)
+    }
+
+    fn start_inner(
+        executors: usize,
+        vcores: usize,
+        scheduler_args: &[&str],
+        executor_args: &[&str],
+        tls: bool,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("sluice-test-cluster-").tempdir()?;
         let deadline = Duration::from_secs(60);
-        let scheduler = Proc::spawn(
-            "scheduler",
-            &bin("sluice-scheduler"),
-            &["--bind", "127.0.0.1:0", "--min-ready-executors", &executors.to_string()]
+        let certs = if tls {
+            Some(sluice_proto::tls::mint(&dir.path().join("certs"), &[], executors + 1)?)
+        } else {
+            None
+        };
+        let member_args = |name: &str| -> anyhow::Result<Vec<String>> {
+            let Some(certs) = &certs else { return Ok(Vec::new()) };
+            let m = certs.member(name).with_context(|| format!("no certificate for {name}"))?;
+            Ok(vec![
+                "--cluster-ca".into(),
+                certs.ca.display().to_string(),
+                "--cluster-cert".into(),
+                m.cert.display().to_string(),
+                "--cluster-key".into(),
+                m.key.display().to_string(),
+            ])
+        };
+        let mut args: Vec<String> =
+            ["--bind", "127.0.0.1:0", "--min-ready-executors", &executors.to_string()]
                 .iter()
                 .chain(scheduler_args)
                 .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-            dir.path(),
-            deadline,
-        )?;
+                .collect();
+        args.extend(member_args("scheduler")?);
+        let scheduler =
+            Proc::spawn("scheduler", &bin("sluice-scheduler"), &args, dir.path(), deadline)?;
         let mut procs = Vec::new();
         for i in 0..executors {
             let mut args = vec![
@@ -227,6 +261,7 @@ impl TestCluster {
                 dir.path().join(format!("work-{i}")).display().to_string(),
             ];
             args.extend(executor_args.iter().map(|s| s.to_string()));
+            args.extend(member_args(&format!("executor-{}", i + 1))?);
             procs.push(Proc::spawn(
                 &format!("executor-{i}"),
                 &bin("sluice-executor"),
@@ -235,9 +270,29 @@ impl TestCluster {
                 deadline,
             )?);
         }
-        let cluster = Self { scheduler, executors: procs, dir };
+        let cluster = Self { scheduler, executors: procs, dir, certs };
         cluster.wait_ready(deadline)?;
         Ok(cluster)
+    }
+
+    /// The credentials of member `name` (`client`, `executor-2`, …) of a
+    /// mutual-TLS cluster.
+    pub fn member_tls(&self, name: &str) -> anyhow::Result<sluice_proto::tls::ClusterTls> {
+        let certs = self.certs.as_ref().context("not a TLS cluster")?;
+        let m = certs.member(name).with_context(|| format!("no certificate for {name}"))?;
+        Ok(sluice_proto::tls::ClusterTls::load(&certs.ca, &m.cert, &m.key)?)
+    }
+
+    /// `SLUICE_CLUSTER_*` for a `sluice` CLI process talking to this cluster
+    /// as the operator's client (empty without TLS).
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        let Some(certs) = &self.certs else { return Vec::new() };
+        let Some(m) = certs.member("client") else { return Vec::new() };
+        vec![
+            ("SLUICE_CLUSTER_CA".into(), certs.ca.display().to_string()),
+            ("SLUICE_CLUSTER_CERT".into(), m.cert.display().to_string()),
+            ("SLUICE_CLUSTER_KEY".into(), m.key.display().to_string()),
+        ]
     }
 
     /// The scheduler's `HOST:PORT`.
@@ -248,8 +303,16 @@ impl TestCluster {
     fn wait_ready(&self, deadline: Duration) -> anyhow::Result<()> {
         let rt = sluice_proto::runtime()?;
         let start = Instant::now();
-        rt.block_on(sluice_client::http::wait_ready(&self.scheduler.addr, deadline))
-            .with_context(|| format!("cluster not ready after {:?}", start.elapsed()))?;
+        let tls = match &self.certs {
+            Some(_) => Some(self.member_tls("client")?),
+            None => None,
+        };
+        rt.block_on(sluice_client::http::wait_ready_with(
+            &self.scheduler.addr,
+            tls.as_ref(),
+            deadline,
+        ))
+        .with_context(|| format!("cluster not ready after {:?}", start.elapsed()))?;
         Ok(())
     }
 
@@ -590,4 +653,34 @@ pub fn live_files(out: &Path) -> std::collections::BTreeSet<String> {
     .ok()
     .flatten()
     .unwrap_or_default()
+}
+
+/// `sql` on plain single-process DataFusion (the reference engine) with
+/// `tables` (`NAME=PATH` as `--table` takes them), printed as `sluice sql
+/// --format csv` prints it.
+pub fn local_csv(sql: &str, tables: &[&str]) -> String {
+    let rt = sluice_proto::runtime().expect("runtime");
+    rt.block_on(async {
+        let ctx = datafusion::prelude::SessionContext::new_with_config(
+            sluice_sql::session::local_session_config(),
+        );
+        for t in tables {
+            let src = sluice_sql::tables::TableSource::parse(t).expect("table");
+            src.register(&ctx).await.expect("register");
+        }
+        let mut out = Vec::new();
+        for (_, batches) in
+            sluice_client::connect::collect_statements(&ctx, sql).await.expect("local run")
+        {
+            if batches.first().is_some_and(|b| b.num_columns() > 0) {
+                sluice_client::format::write(
+                    &mut out,
+                    &batches,
+                    sluice_client::format::OutputFormat::Csv,
+                )
+                .expect("csv");
+            }
+        }
+        String::from_utf8(out).expect("utf8")
+    })
 }

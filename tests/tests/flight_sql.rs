@@ -40,6 +40,12 @@ impl Setup {
             format!("# test tokens\n{READ}\n{ADMIN} admin\n"),
         )
         .expect("tokens");
+        // The scheduler refuses a token file other users may read.
+        std::fs::set_permissions(
+            dir.path().join("tokens"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod tokens");
         std::fs::write(dir.path().join("admin.token"), format!("{ADMIN}\n")).expect("token");
         write_certs(dir.path());
         Self { dir }
@@ -420,7 +426,7 @@ fn flight_sql_refuses_bad_tokens_forged_tickets_and_paths_outside_roots() {
         handle.extend(action.encode_to_vec());
         let statement = TicketStatementQuery { statement_handle: handle.into() };
         let tickets = [
-            ("forged executor", statement.as_any().encode_to_vec(), "not a registered executor"),
+            ("forged executor", statement.as_any().encode_to_vec(), "not issued by this scheduler"),
             ("raw Ballista ticket", action.encode_to_vec(), "not a Flight SQL ticket"),
         ];
         let channel = setup.endpoint(&flight, None).channel().await.expect("channel");
@@ -497,7 +503,76 @@ fn scheduler_port_checks_tokens_on_client_calls() {
         assert_eq!(status, 200, "REST with a read token: {body}");
         let (status, _) = get_as(addr, "/readyz", None, t).await.expect("GET");
         assert_eq!(status, 200, "probes stay open");
+
+        // A job's settings (S3 secret keys among them) are the admin's.
+        let (_, body) = get_as(addr, "/api/jobs", Some(READ), t).await.expect("GET");
+        let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).expect("jobs JSON");
+        let job = jobs.first().and_then(|j| j["job_id"].as_str()).expect("a job").to_string();
+        let config = format!("/api/job/{job}/config");
+        let (status, body) = get_as(addr, &config, Some(READ), t).await.expect("GET");
+        assert_eq!(status, 403, "a read token read a job's settings: {body}");
+        let (status, body) = get_as(addr, &config, Some(ADMIN), t).await.expect("GET");
+        assert_eq!(status, 200, "the admin reads them: {body}");
     });
+}
+
+/// Finding 3 (high): a result ticket is redeemed only as the scheduler
+/// issued it. A read-token client that alters the job, stage, partition or
+/// executor inside its ticket (job ids are listed by `/api/jobs`) is
+/// refused; on main the altered ticket read the other job's results.
+/// Finding 4 (high): a read token cannot read the settings view, where
+/// `s3.secret_access_key` lives.
+#[test]
+fn result_tickets_are_signed_and_settings_are_the_admins() {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use futures::TryStreamExt;
+    let setup = Setup::new();
+    let (_cluster, flight) = setup.start(1);
+    let rt = sluice_proto::runtime().expect("runtime");
+    rt.block_on(async {
+        let channel = setup.endpoint(&flight, None).channel().await.expect("channel");
+        let mut client = FlightSqlServiceClient::new(channel.clone());
+        client.set_header("authorization", format!("Bearer {READ}"));
+        let info = client
+            .execute("SELECT 6 * 7 AS answer".to_string(), None)
+            .await
+            .expect("a read-token query");
+        let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
+        let batches: Vec<RecordBatch> = client
+            .do_get(ticket.clone())
+            .await
+            .expect("the issued ticket")
+            .try_collect()
+            .await
+            .expect("batches");
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+
+        // Alter one byte of the handle (e.g. a job id's last character).
+        let any = arrow_flight::sql::Any::decode(ticket.ticket.clone()).expect("Any");
+        let mut statement: TicketStatementQuery = any.unpack().expect("unpack").expect("statement");
+        let mut handle = statement.statement_handle.to_vec();
+        let last = handle.len() - 1;
+        handle[last] ^= 1;
+        statement.statement_handle = handle.into();
+        let altered = Ticket { ticket: statement.as_any().encode_to_vec().into() };
+        let mut raw = FlightServiceClient::new(channel.clone());
+        let mut request = tonic::Request::new(altered);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {READ}").parse().expect("header"));
+        let err = raw.do_get(request).await.err().expect("an altered ticket was redeemed");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+        assert!(err.message().contains("not issued by this scheduler"), "{err}");
+    });
+
+    let settings = ["error", "--sql", "SELECT name, value FROM information_schema.df_settings"];
+    let (reply, refused) = setup.adbc(&flight, Some(READ), Tls::TrustTestCa, &settings);
+    assert!(
+        refused && reply["error"].as_str().unwrap_or_default().contains("admin role"),
+        "a read token read the settings: {reply}"
+    );
+    let (reply, refused) = setup.adbc(&flight, Some(ADMIN), Tls::TrustTestCa, &settings);
+    assert!(!refused, "the admin cannot read the settings: {reply}");
 }
 
 /// A client that goes away mid-query cancels its job on the cluster, and

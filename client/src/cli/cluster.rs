@@ -1,4 +1,5 @@
-//! `sluice cluster`: a high-availability cluster's state.
+//! `sluice cluster`: a high-availability cluster's state, and development
+//! certificates for its mutual TLS.
 
 use clap::Subcommand;
 use sluice_client::Error;
@@ -18,10 +19,57 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Mint a development CA and cluster certificates (mutual TLS between
+    /// scheduler, executors and operators' clients).
+    ///
+    /// Writes ca.pem; scheduler.pem/.key; executor-1..N.pem/.key; client.pem/.key
+    /// (for the `sluice` CLI: SLUICE_CLUSTER_CA/CERT/KEY); etcd.pem/.key
+    /// (etcd's server certificate). Keys are mode 0600. For production, issue
+    /// certificates from your own CA with the same role URI
+    /// (urn:sluice:role:scheduler|executor|client) and DNS name sluice-cluster.
+    #[command(after_help = "Examples:
+  sluice cluster certs --out ./certs
+  sluice cluster certs --out ./certs --executors 8 --host 10.0.0.5 --host sched.internal
+  sluice-scheduler --cluster-ca certs/ca.pem --cluster-cert certs/scheduler.pem --cluster-key certs/scheduler.key
+  sluice-executor --scheduler 10.0.0.5:50050 --cluster-ca certs/ca.pem --cluster-cert certs/executor-1.pem --cluster-key certs/executor-1.key")]
+    Certs {
+        /// Folder to write the files into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Executor certificates to mint (one per executor: an executor's id
+        /// is bound to its certificate).
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        executors: usize,
+        /// Extra host name or IP address put in every certificate (repeatable).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
 }
 
 pub async fn run(what: ClusterCommand) -> Result<(), Error> {
     match what {
+        ClusterCommand::Certs { out, executors, hosts } => {
+            if executors == 0 {
+                return Err(Error::Usage("--executors must be at least 1".into()));
+            }
+            let minted = sluice_proto::tls::mint(&out, &hosts, executors)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            println!("wrote {} (the cluster CA)", minted.ca.display());
+            for m in &minted.members {
+                println!(
+                    "wrote {} and {} ({})",
+                    m.cert.display(),
+                    m.key.display(),
+                    m.identity.role
+                );
+            }
+            println!(
+                "wrote {} and {} (etcd's server certificate)",
+                out.join("etcd.pem").display(),
+                out.join("etcd.key").display()
+            );
+            Ok(())
+        }
         ClusterCommand::Status { cluster, json } => {
             let target =
                 sluice_proto::etcd::EtcdTarget::parse(&cluster.etcd_endpoints, &cluster.cluster)?;

@@ -56,6 +56,8 @@ const STATUS_BUFFER: usize = 16;
 /// The leader's Ballista scheduler.
 pub struct ClusterEngine {
     pub scheduler: Arc<Scheduler>,
+    /// The scheduler's cluster credentials, for fetching results from executors.
+    pub tls: Option<sluice_proto::tls::ClusterTls>,
 }
 
 fn failure_of_text(text: &str) -> Failure {
@@ -139,7 +141,7 @@ impl Engine for ClusterEngine {
                 Some(job_status::Status::Successful(SuccessfulJob {
                     partition_location, ..
                 })) => {
-                    return fetch_all(&self.scheduler, partition_location).await;
+                    return fetch_all(&self.scheduler, self.tls.as_ref(), partition_location).await;
                 }
                 Some(job_status::Status::Failed(failed)) => {
                     let mut failure = failure_of_text(&failed.error);
@@ -187,9 +189,15 @@ impl Engine for ClusterEngine {
 /// short result.
 async fn fetch_all(
     scheduler: &Scheduler,
+    tls: Option<&sluice_proto::tls::ClusterTls>,
     locations: Vec<PartitionLocation>,
 ) -> Result<Vec<RecordBatch>, Failure> {
     let max_message = scheduler.state.config.grpc_server_max_decoding_message_size as usize;
+    let customize = tls.map(|tls| {
+        Arc::new(ballista_core::extension::BallistaConfigGrpcEndpoint::new(
+            sluice_sql::session::endpoint_override(tls),
+        ))
+    });
     let mut out = Vec::new();
     for location in locations {
         let lost = |what: String| Failure::new(ErrorClass::External, true, what);
@@ -210,15 +218,24 @@ async fn fetch_all(
         };
         let port = u16::try_from(meta.port)
             .map_err(|_| lost(format!("executor {} port {}", meta.id, meta.port)))?;
-        let mut client =
-            BallistaClient::try_new(&meta.host, port, max_message, false, None, 3, 200, 0, 0)
-                .await
-                .map_err(|e| {
-                    lost(format!(
-                        "cannot reach executor {} at {}:{} for a result: {e}",
-                        meta.id, meta.host, port
-                    ))
-                })?;
+        let mut client = BallistaClient::try_new(
+            &meta.host,
+            port,
+            max_message,
+            false,
+            customize.clone(),
+            3,
+            200,
+            0,
+            0,
+        )
+        .await
+        .map_err(|e| {
+            lost(format!(
+                "cannot reach executor {} at {}:{} for a result: {e}",
+                meta.id, meta.host, port
+            ))
+        })?;
         let stream = client
             .fetch_partition(&meta.id, &partition_id.clone().into(), location.file_id, layout, true)
             .await

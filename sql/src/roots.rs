@@ -76,16 +76,18 @@ impl DataRoots {
     }
 }
 
-/// The local path a location names, or `None` for a remote URL.
+/// The local path a location names, or `None` for a remote URL. Parsed
+/// as DataFusion parses table locations (`ListingTableUrl`), so the check
+/// sees what its local object store reads: `file:/etc/passwd` and
+/// `file://host/etc/passwd` are `/etc/passwd` (a string test took them for
+/// relative paths), `..` segments are resolved, and a glob's fixed prefix
+/// is what is checked.
 fn local_path(location: &str) -> Option<PathBuf> {
-    if let Some(rest) = location.strip_prefix("file://") {
-        return Some(PathBuf::from(rest));
-    }
-    if location.contains("://") {
+    let url = datafusion::datasource::listing::ListingTableUrl::parse(location).ok()?;
+    if url.scheme() != "file" {
         return None;
     }
-    let path = PathBuf::from(location);
-    if path.is_absolute() { Some(path) } else { std::env::current_dir().ok().map(|d| d.join(path)) }
+    Some(Path::new("/").join(url.prefix().as_ref()))
 }
 
 /// Resolves symbolic links in the longest existing prefix of `path` and
@@ -154,6 +156,7 @@ mod tests {
         let ok = root.join("t").display().to_string();
         assert!(roots.check("q", &ok).is_ok());
         assert!(roots.check("q", &format!("file://{ok}/x.parquet")).is_ok());
+        assert!(roots.check("q", &format!("file:{ok}/x.parquet")).is_ok());
         assert!(roots.check("q", &format!("{}/new/*.parquet", root.display())).is_ok());
         for bad in [
             dir.path().display().to_string(),
@@ -161,6 +164,10 @@ mod tests {
             format!("{}/t/../../x", root.display()),
             "/etc/passwd".to_string(),
             "s3://bucket/t".to_string(),
+            // DataFusion reads /etc/passwd for each of these.
+            "file:/etc/passwd".to_string(),
+            "file://host/etc/passwd".to_string(),
+            format!("file://host{}/../../etc/passwd", root.display()),
         ] {
             let err = roots.check("q", &bad).expect_err(&bad).to_string();
             assert!(err.contains("outside the data roots"), "{bad}: {err}");

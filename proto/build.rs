@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/tables.proto",
         "proto/sluice/v1/backfill.proto",
         "proto/sluice/v1/catalog.proto",
+        // KEDA's external scaler protocol (served by the leader scheduler).
+        "proto/externalscaler/externalscaler.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -26,6 +26,10 @@ need_apt protoc protobuf-compiler
 need_apt etcd etcd-server
 # ip: the multi-host storage test puts each process in a network namespace.
 need_apt ip iproute2
+# prometheus, promtool: the metrics test scrapes a cluster (tests/tests/observability.rs).
+need_apt prometheus prometheus
+# buildah, umoci, skopeo, jq: the container image (deploy/build-image.sh, deploy/check-image.sh).
+need_apt buildah buildah; need_apt umoci umoci; need_apt skopeo skopeo; need_apt jq jq
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest ..." >&2

@@ -61,6 +61,43 @@ pub fn cluster_tls_from_env() -> Result<Option<sluice_proto::tls::ClusterTls>> {
         })
 }
 
+/// `--etcd-endpoints`/`--cluster` with the TLS to etcd from the
+/// environment: `SLUICE_ETCD_CA` (+ `SLUICE_ETCD_CERT`/`SLUICE_ETCD_KEY`) for
+/// an etcd with its own CA, else the cluster certificates
+/// (`SLUICE_CLUSTER_*`) for `https://` endpoints.
+///
+/// # Errors
+/// A bad endpoint or cluster name; TLS files missing, unreadable or
+/// readable by others; `https://` without TLS or TLS without `https://`.
+pub fn etcd_target(endpoints: &str, cluster: &str) -> Result<sluice_proto::etcd::EtcdTarget> {
+    let var =
+        |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let target = sluice_proto::etcd::EtcdTarget::parse(endpoints, cluster)?;
+    let (ca, cert, key) = (var("SLUICE_ETCD_CA"), var("SLUICE_ETCD_CERT"), var("SLUICE_ETCD_KEY"));
+    let rename = |e: sluice_proto::etcd::EtcdError| {
+        Error::Usage(
+            e.to_string()
+                .replace("--etcd-ca", "SLUICE_ETCD_CA")
+                .replace("--etcd-cert", "SLUICE_ETCD_CERT")
+                .replace("--etcd-key", "SLUICE_ETCD_KEY"),
+        )
+    };
+    let cluster_tls = if ca.is_none() && target.endpoints_label().contains("https://") {
+        cluster_tls_from_env()?
+    } else {
+        None
+    };
+    let tls = sluice_proto::etcd::EtcdTls::resolve(
+        endpoints,
+        ca.as_deref(),
+        cert.as_deref(),
+        key.as_deref(),
+        cluster_tls.as_ref(),
+    )
+    .map_err(rename)?;
+    target.with_tls(tls).map_err(rename)
+}
+
 /// Number of executors (and slots each) of an embedded cluster.
 pub const EMBEDDED_EXECUTORS: usize = 2;
 /// Slots per embedded executor: the machine's cores shared between them.

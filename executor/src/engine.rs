@@ -342,10 +342,17 @@ impl QueryStageExecutor for SluiceStageExec {
         task_id: usize,
         context: Arc<TaskContext>,
     ) -> Result<Vec<ShuffleWritePartition>> {
-        self.inner
-            .execute_query_stage(task_id, context)
-            .await
-            .map_err(|e| sluice_sql::remote_error::carry(e, "executor"))
+        let timer = crate::metrics::TaskTimer::start();
+        let result = self.inner.execute_query_stage(task_id, context).await;
+        let written = result
+            .as_ref()
+            .map(|parts| parts.iter().map(|p| p.num_bytes).sum::<u64>())
+            .unwrap_or_default();
+        timer.finish(result.is_ok(), written);
+        if let Some(m) = crate::metrics::global() {
+            m.record_plan(&self.inner.collect_plan_metrics());
+        }
+        result.map_err(|e| sluice_sql::remote_error::carry(e, "executor"))
     }
 
     fn collect_plan_metrics(&self) -> Vec<MetricsSet> {

@@ -10,6 +10,7 @@
 pub mod engine;
 pub mod error;
 pub mod follow;
+pub mod metrics;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -59,6 +60,9 @@ pub struct ExecutorConfig {
     pub cluster_ca: Option<PathBuf>,
     pub cluster_cert: Option<PathBuf>,
     pub cluster_key: Option<PathBuf>,
+    /// Serve Prometheus `/metrics` on this port of the bind host (0: a free
+    /// port); none: no metrics server.
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for ExecutorConfig {
@@ -77,6 +81,7 @@ impl Default for ExecutorConfig {
             cluster_ca: None,
             cluster_cert: None,
             cluster_key: None,
+            metrics_port: None,
         }
     }
 }

@@ -77,6 +77,22 @@ struct Args {
     /// This executor's private key (PEM, mode 0600).
     #[arg(long, env = "SLUICE_CLUSTER_KEY", value_name = "FILE")]
     cluster_key: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this port of the bind
+    /// host; 0 picks a free port (printed as `sluice-executor metrics
+    /// listening on HOST:PORT`).
+    #[arg(long, env = "SLUICE_METRICS_PORT", value_name = "PORT")]
+    metrics_port: Option<u16>,
+    /// CA of etcd's certificate (PEM), for https:// endpoints of an etcd
+    /// with its own CA. Without it, https:// endpoints use the cluster
+    /// certificates (--cluster-ca …).
+    #[arg(long, env = "SLUICE_ETCD_CA", value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth, with --etcd-ca.
+    #[arg(long, env = "SLUICE_ETCD_CERT", value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Its private key (PEM, mode 0600).
+    #[arg(long, env = "SLUICE_ETCD_KEY", value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// TOML config file with the same keys in kebab-case (e.g. `memory-limit = "2GiB"`).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -85,6 +101,9 @@ struct Args {
 /// Membership through etcd, when asked for.
 struct Follow {
     target: sluice_proto::etcd::EtcdTarget,
+    /// `--etcd-ca`, `--etcd-cert`, `--etcd-key`: applied to `target` once
+    /// the cluster credentials are known ([`Follow::with_tls`]).
+    etcd_files: [Option<PathBuf>; 3],
     ttl: std::time::Duration,
     connect_timeout: std::time::Duration,
 }
@@ -98,9 +117,28 @@ fn follow_from(args: &Args) -> Result<Option<Follow>, String> {
         .map_err(|e| e.to_string())?;
     Ok(Some(Follow {
         target,
+        etcd_files: [args.etcd_ca.clone(), args.etcd_cert.clone(), args.etcd_key.clone()],
         ttl: std::time::Duration::from_secs(args.lease_ttl_seconds),
         connect_timeout: std::time::Duration::from_secs(args.etcd_connect_timeout_seconds.max(1)),
     }))
+}
+
+impl Follow {
+    /// The TLS to etcd: `--etcd-*` files, else the cluster certificates for
+    /// `https://` endpoints.
+    fn with_tls(mut self, cluster: Option<&sluice_proto::tls::ClusterTls>) -> Result<Self, String> {
+        let [ca, cert, key] = &self.etcd_files;
+        let tls = sluice_proto::etcd::EtcdTls::resolve(
+            &self.target.endpoints_label(),
+            ca.as_deref(),
+            cert.as_deref(),
+            key.as_deref(),
+            cluster,
+        )
+        .map_err(|e| e.to_string())?;
+        self.target = self.target.with_tls(tls).map_err(|e| e.to_string())?;
+        Ok(self)
+    }
 }
 
 fn config_from(args: Args) -> Result<ExecutorConfig, String> {
@@ -135,6 +173,9 @@ fn config_from(args: Args) -> Result<ExecutorConfig, String> {
     }
     if let Some(v) = args.work_dir {
         config.work_dir = Some(v);
+    }
+    if let Some(v) = args.metrics_port {
+        config.metrics_port = Some(v);
     }
     if let Some(v) = args.vcores {
         config.vcores = v;
@@ -184,12 +225,38 @@ async fn run() -> ExitCode {
         }
     };
     logging::init(config.log_format, logging::DEFAULT_FILTER);
-    if let Err(e) = config.cluster_tls() {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
+    let cluster_tls = match config.cluster_tls() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let metrics = match config.metrics_port {
+        None => None,
+        Some(port) => {
+            match tokio::net::TcpListener::bind((config.bind.host.as_str(), port)).await {
+                Ok(listener) => {
+                    let addr = listener.local_addr().ok();
+                    sluice_executor::metrics::serve(listener);
+                    addr
+                }
+                Err(e) => {
+                    eprintln!("error: --metrics-port {port} on {}: {e}", config.bind.host);
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     if let Some(follow) = follow {
-        return run_following(&config, follow).await;
+        let follow = match follow.with_tls(cluster_tls.as_ref()) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        return run_following(&config, follow, metrics).await;
     }
     let running = match sluice_executor::start(&config).await {
         Ok(r) => r,
@@ -198,7 +265,7 @@ async fn run() -> ExitCode {
             return ExitCode::from(e.class().exit_code() as u8);
         }
     };
-    println!("sluice-executor listening on {}", running.flight);
+    announce(&running, metrics);
     // Ballista's executor handles SIGTERM/Ctrl-C itself: it tells the
     // scheduler it is stopping, drains its tasks and returns.
     match running.wait().await {
@@ -210,8 +277,25 @@ async fn run() -> ExitCode {
     }
 }
 
+/// Prints the Flight address (first: the line test harnesses and scripts
+/// read) and, the first time, the metrics address.
+fn announce(running: &sluice_executor::RunningExecutor, metrics: Option<std::net::SocketAddr>) {
+    println!("sluice-executor listening on {}", running.flight);
+    if let Some(m) = sluice_executor::metrics::global() {
+        m.slots.set(i64::try_from(running.vcores).unwrap_or(i64::MAX));
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if let Some(addr) = metrics {
+        ONCE.call_once(|| println!("sluice-executor metrics listening on {addr}"));
+    }
+}
+
 /// `--etcd-endpoints`: follow the cluster's leader (see `sluice_executor::follow`).
-async fn run_following(config: &ExecutorConfig, follow: Follow) -> ExitCode {
+async fn run_following(
+    config: &ExecutorConfig,
+    follow: Follow,
+    metrics: Option<std::net::SocketAddr>,
+) -> ExitCode {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         // While a term runs, Ballista's executor also sees the signal and
@@ -227,9 +311,7 @@ async fn run_following(config: &ExecutorConfig, follow: Follow) -> ExitCode {
         }
         let _ = stop.send(true);
     });
-    let announce = |running: &sluice_executor::RunningExecutor| {
-        println!("sluice-executor listening on {}", running.flight);
-    };
+    let announce = move |running: &sluice_executor::RunningExecutor| announce(running, metrics);
     match sluice_executor::follow::follow(
         config,
         follow.target,

@@ -14,6 +14,7 @@
 //! alive (crash, freeze, partition): that deletion is how the cluster learns
 //! a member is gone. Several clusters share one etcd through `--cluster`.
 
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use etcd_client::Client;
@@ -60,33 +61,149 @@ impl EtcdError {
 
 type Result<T, E = EtcdError> = std::result::Result<T, E>;
 
+/// TLS to etcd: whom to trust as etcd, and the certificate this process
+/// presents (etcd's `--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    config: etcd_client::TlsOptions,
+    /// Where the credentials came from, for messages and equality.
+    source: String,
+}
+
+impl PartialEq for EtcdTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for EtcdTls {}
+
+impl EtcdTls {
+    /// The member's cluster credentials: etcd's certificate is verified
+    /// against the cluster CA as [`crate::tls::CLUSTER_SERVER_NAME`] (what
+    /// `sluice cluster certs` mints for etcd), the member's certificate is
+    /// the client certificate.
+    pub fn of_cluster(tls: &crate::tls::ClusterTls) -> Self {
+        Self {
+            config: tls.tonic_client(),
+            source: format!("cluster certificate of {}", tls.identity().name),
+        }
+    }
+
+    /// `--etcd-ca FILE [--etcd-cert FILE --etcd-key FILE]`: an etcd with its
+    /// own CA, verified by the endpoints' host names.
+    ///
+    /// # Errors
+    /// [`EtcdError::Invalid`] naming the flag whose file is unreadable, not
+    /// PEM, or (the key) readable by others; or a certificate without key.
+    pub fn load(ca: &Path, cert: Option<&Path>, key: Option<&Path>) -> Result<Self> {
+        crate::install_crypto();
+        let invalid = |what: &str, reason: String| EtcdError::Invalid { what: what.into(), reason };
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| invalid(flag, format!("{}: {e}", path.display())))
+                .and_then(|pem| {
+                    if String::from_utf8_lossy(&pem).contains("-----BEGIN ") {
+                        Ok(pem)
+                    } else {
+                        Err(invalid(flag, format!("{}: not a PEM file", path.display())))
+                    }
+                })
+        };
+        let mut config = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("--etcd-ca", ca)?));
+        match (cert, key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                crate::tls::check_private_file("--etcd-key", key)
+                    .map_err(|e| invalid("--etcd-key", e.to_string()))?;
+                config = config.identity(etcd_client::Identity::from_pem(
+                    read("--etcd-cert", cert)?,
+                    read("--etcd-key", key)?,
+                ));
+            }
+            (Some(_), None) => {
+                return Err(invalid("--etcd-key", "--etcd-cert needs --etcd-key".into()));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("--etcd-cert", "--etcd-key needs --etcd-cert".into()));
+            }
+        }
+        Ok(Self { config, source: format!("--etcd-ca {}", ca.display()) })
+    }
+
+    /// The TLS a process uses for `endpoints`: the `--etcd-*` files when
+    /// given, else the cluster credentials when the endpoints are `https`,
+    /// else none.
+    ///
+    /// # Errors
+    /// See [`EtcdTls::load`]; `--etcd-cert`/`--etcd-key` without `--etcd-ca`.
+    pub fn resolve(
+        endpoints: &str,
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        cluster: Option<&crate::tls::ClusterTls>,
+    ) -> Result<Option<Self>> {
+        match (ca, cluster) {
+            (Some(ca), _) => Self::load(ca, cert, key).map(Some),
+            (None, _) if cert.is_some() || key.is_some() => Err(EtcdError::Invalid {
+                what: "--etcd-ca".into(),
+                reason: "--etcd-cert/--etcd-key need --etcd-ca (the CA of etcd's certificate)"
+                    .into(),
+            }),
+            (None, Some(cluster)) if endpoints.contains("https://") => {
+                Ok(Some(Self::of_cluster(cluster)))
+            }
+            (None, _) => Ok(None),
+        }
+    }
+}
+
 /// Which etcd, and which cluster in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdTarget {
-    /// `http://host:port` URLs.
+    /// `http://host:port` or `https://host:port` URLs (all one scheme).
     pub endpoints: Vec<String>,
     pub cluster: String,
+    /// Set (by [`EtcdTarget::with_tls`]) exactly when the endpoints are `https`.
+    pub tls: Option<EtcdTls>,
 }
 
 impl EtcdTarget {
-    /// Parses `--etcd-endpoints URL[,URL]` and `--cluster NAME`.
+    /// Parses `--etcd-endpoints URL[,URL]` and `--cluster NAME`. A plain
+    /// `host:port` is `http://`; `https://` endpoints need
+    /// [`EtcdTarget::with_tls`] before connecting.
     ///
     /// # Errors
     /// [`EtcdError::Invalid`] naming the flag.
     pub fn parse(endpoints: &str, cluster: &str) -> Result<Self> {
         let mut urls = Vec::new();
+        let mut schemes = std::collections::BTreeSet::new();
         for raw in endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let hostport = raw.strip_prefix("http://").unwrap_or(raw);
-            if raw.starts_with("https://") {
-                return Err(EtcdError::Invalid {
-                    what: "--etcd-endpoints".into(),
-                    reason: format!("'{raw}': TLS to etcd is not supported yet; use http://"),
-                });
-            }
-            let addr: HostPort = hostport.parse().map_err(|e: crate::Error| {
-                EtcdError::Invalid { what: "--etcd-endpoints".into(), reason: e.to_string() }
-            })?;
-            urls.push(format!("http://{addr}"));
+            let (scheme, hostport) = match raw.split_once("://") {
+                Some(("http", rest)) => ("http", rest),
+                Some(("https", rest)) => ("https", rest),
+                Some((other, _)) => {
+                    return Err(EtcdError::Invalid {
+                        what: "--etcd-endpoints".into(),
+                        reason: format!("'{raw}': scheme '{other}'; expected http:// or https://"),
+                    });
+                }
+                None => ("http", raw),
+            };
+            let addr: HostPort =
+                hostport.trim_end_matches('/').parse().map_err(|e: crate::Error| {
+                    EtcdError::Invalid { what: "--etcd-endpoints".into(), reason: e.to_string() }
+                })?;
+            schemes.insert(scheme);
+            urls.push(format!("{scheme}://{addr}"));
+        }
+        if schemes.len() > 1 {
+            return Err(EtcdError::Invalid {
+                what: "--etcd-endpoints".into(),
+                reason: "mixes http:// and https:// endpoints; use one scheme".into(),
+            });
         }
         if urls.is_empty() {
             return Err(EtcdError::Invalid {
@@ -102,7 +219,40 @@ impl EtcdTarget {
                 reason: format!("'{cluster}': use letters, digits, '-' and '_'"),
             });
         }
-        Ok(Self { endpoints: urls, cluster: cluster.to_string() })
+        Ok(Self { endpoints: urls, cluster: cluster.to_string(), tls: None })
+    }
+
+    fn is_https(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+
+    /// Sets the TLS to etcd (see [`EtcdTls::resolve`]).
+    ///
+    /// # Errors
+    /// [`EtcdError::Invalid`] when `https` endpoints get no TLS, or TLS
+    /// files are given for `http` endpoints (they would be ignored).
+    pub fn with_tls(mut self, tls: Option<EtcdTls>) -> Result<Self> {
+        match (&tls, self.is_https()) {
+            (None, true) => Err(EtcdError::Invalid {
+                what: "--etcd-endpoints".into(),
+                reason: format!(
+                    "{}: https:// needs etcd TLS: --etcd-ca (and --etcd-cert/--etcd-key for client-cert-auth), or the cluster certificates (--cluster-ca/--cluster-cert/--cluster-key; SLUICE_CLUSTER_* for the CLI)",
+                    self.endpoints_label()
+                ),
+            }),
+            (Some(t), false) => Err(EtcdError::Invalid {
+                what: "--etcd-endpoints".into(),
+                reason: format!(
+                    "{}: etcd TLS is configured ({}) but the endpoints are http://; use https://",
+                    self.endpoints_label(),
+                    t.source
+                ),
+            }),
+            _ => {
+                self.tls = tls;
+                Ok(self)
+            }
+        }
     }
 
     pub fn endpoints_label(&self) -> String {
@@ -161,10 +311,13 @@ impl EtcdTarget {
         let mut backoff = Duration::from_millis(200);
         loop {
             let attempt = async {
-                let options = ConnectOptions::new()
+                let mut options = ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(2))
                     .with_timeout(Duration::from_secs(5))
                     .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+                if let Some(tls) = &self.tls {
+                    options = options.with_tls(tls.config.clone());
+                }
                 let mut client = Client::connect(&self.endpoints, Some(options)).await?;
                 client.get(self.leader_key(), None).await?;
                 Ok::<_, etcd_client::Error>(client)
@@ -560,6 +713,44 @@ mod tests {
         assert!(EtcdTarget::parse("", "a").is_err());
         assert!(EtcdTarget::parse("127.0.0.1:2379", "a/b").is_err());
         assert!(EtcdTarget::parse("nohost", "a").is_err());
-        assert!(EtcdTarget::parse("https://x:1", "a").is_err());
+        assert!(EtcdTarget::parse("ftp://x:1", "a").is_err());
+        assert!(EtcdTarget::parse("https://x:1,http://y:1", "a").is_err());
+        // https needs TLS; TLS needs https.
+        let https = EtcdTarget::parse("https://x:1", "a").expect("valid");
+        assert!(https.clone().with_tls(None).is_err());
+        assert!(t.clone().with_tls(None).is_ok());
+        let dir = tempfile::tempdir().expect("dir");
+        let certs = crate::tls::mint(dir.path(), &[], 1).expect("certs");
+        let m = certs.member("scheduler").expect("scheduler");
+        let cluster = crate::tls::ClusterTls::load(&certs.ca, &m.cert, &m.key).expect("loads");
+        let tls = EtcdTls::resolve(&https.endpoints_label(), None, None, None, Some(&cluster))
+            .expect("resolves")
+            .expect("cluster TLS for https");
+        assert!(https.with_tls(Some(tls.clone())).is_ok());
+        assert!(t.with_tls(Some(tls)).is_err());
+        let plain = EtcdTls::resolve("http://x:1", None, None, None, Some(&cluster));
+        assert!(plain.expect("resolves").is_none());
+        assert!(EtcdTls::resolve("https://x:1", None, Some(&m.cert), None, None).is_err());
+        // Explicit files: the key must be private.
+        let etcd_key = dir.path().join("etcd.key");
+        let explicit = EtcdTls::resolve(
+            "https://x:1",
+            Some(&certs.ca),
+            Some(&dir.path().join("etcd.pem")),
+            Some(&etcd_key),
+            None,
+        );
+        assert!(explicit.expect("loads").is_some());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&etcd_key, std::fs::Permissions::from_mode(0o644))
+                .expect("chmod");
+            let err = EtcdTls::load(&certs.ca, Some(&dir.path().join("etcd.pem")), Some(&etcd_key))
+                .expect_err("readable key");
+            assert!(err.to_string().contains("--etcd-key"), "{err}");
+        }
+        let err = EtcdTls::load(&dir.path().join("missing.pem"), None, None).expect_err("missing");
+        assert!(err.to_string().contains("--etcd-ca"), "{err}");
     }
 }

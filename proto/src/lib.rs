@@ -19,6 +19,11 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/sluice.v1.rs"));
 }
 
+/// KEDA's external scaler protocol (`proto/externalscaler/externalscaler.proto`).
+pub mod externalscaler {
+    include!(concat!(env!("OUT_DIR"), "/externalscaler.rs"));
+}
+
 pub use addr::HostPort;
 pub use error::{Error, ErrorClass, Result};
 

@@ -67,6 +67,13 @@ pub struct SchedulerProcessConfig {
     pub lease_ttl_seconds: u64,
     /// How long to retry an unreachable etcd at start before exiting.
     pub etcd_connect_timeout_seconds: u64,
+    /// TLS to etcd with its own CA (`https://` endpoints): the CA of etcd's
+    /// certificate, and this scheduler's client certificate and key for
+    /// etcd's `--client-cert-auth`. Without them, `https://` endpoints use
+    /// the cluster certificates (`cluster-ca` …).
+    pub etcd_ca: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
 }
 
 /// Where the scheduler keeps cluster membership and leadership.
@@ -111,6 +118,9 @@ impl Default for SchedulerProcessConfig {
             cluster: "default".to_string(),
             lease_ttl_seconds: sluice_proto::etcd::DEFAULT_LEASE_TTL_SECONDS,
             etcd_connect_timeout_seconds: sluice_proto::etcd::DEFAULT_CONNECT_TIMEOUT.as_secs(),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
         }
     }
 }
@@ -137,9 +147,23 @@ impl SchedulerProcessConfig {
                 reason: "must be at least 2".into(),
             });
         }
-        sluice_proto::etcd::EtcdTarget::parse(endpoints, &self.cluster).map(Some).map_err(|e| {
-            Error::ConfigFile { path: "--etcd-endpoints/--cluster".into(), reason: e.to_string() }
-        })
+        let cluster_tls = self.cluster_tls()?;
+        let err = |e: sluice_proto::etcd::EtcdError| Error::ConfigFile {
+            path: "--etcd-endpoints/--cluster/--etcd-*".into(),
+            reason: e.to_string(),
+        };
+        let tls = sluice_proto::etcd::EtcdTls::resolve(
+            endpoints,
+            self.etcd_ca.as_deref(),
+            self.etcd_cert.as_deref(),
+            self.etcd_key.as_deref(),
+            cluster_tls.as_ref(),
+        )
+        .map_err(err)?;
+        sluice_proto::etcd::EtcdTarget::parse(endpoints, &self.cluster)
+            .and_then(|t| t.with_tls(tls))
+            .map(Some)
+            .map_err(err)
     }
 
     /// The cluster TLS credentials, when configured.

@@ -40,7 +40,7 @@ use ballista_flight_sql::{
 use ballista_scheduler::scheduler_server::SchedulerServer;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use futures::Stream;
@@ -56,6 +56,13 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::{Error, Result};
 
 type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
+
+/// The session [`SluiceFlightSql`] plans its checks in.
+const PROBE_SESSION: &str = "sluice-flight-sql-checks";
+/// At most this many rows, computed within [`SCHEDULER_TIME`], for a read
+/// token's query that runs on the scheduler itself (`information_schema`).
+const SCHEDULER_ROWS: usize = 100_000;
+const SCHEDULER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 type BoxStream<T> = Pin<Box<dyn Stream<Item = std::result::Result<T, Status>> + Send + 'static>>;
 
 /// What a token may do.
@@ -379,10 +386,23 @@ impl SluiceFlightSql {
         Ok((role, request))
     }
 
-    /// Refuses statements a role may not run.
-    fn check_sql(&self, role: Role, sql: &str) -> std::result::Result<(), Status> {
-        let statements = DFParser::parse_sql(sql)
-            .map_err(|e| Status::invalid_argument(format!("failed to parse query: {e}")))?;
+    /// Refuses statements a role may not run. The SQL is parsed with the
+    /// session's dialect, as the planner will parse it.
+    async fn check_sql(&self, role: Role, sql: &str) -> std::result::Result<(), Status> {
+        let ctx = self.probe_session().await?;
+        let statements = {
+            let options = ctx.state().config().options().sql_parser.clone();
+            let dialect = datafusion::sql::sqlparser::dialect::dialect_from_str(&options.dialect)
+                .ok_or_else(|| {
+                Status::internal(format!("unknown SQL dialect {}", options.dialect))
+            })?;
+            datafusion::sql::parser::DFParserBuilder::new(sql)
+                .with_dialect(dialect.as_ref())
+                .with_recursion_limit(options.recursion_limit.get())
+                .build()
+                .and_then(|mut parser| parser.parse_statements())
+                .map_err(|e| Status::invalid_argument(format!("failed to parse query: {e}")))?
+        };
         for statement in &statements {
             let read_only = match statement {
                 DfStatement::Statement(s) => matches!(
@@ -414,17 +434,76 @@ impl SluiceFlightSql {
                 ));
             }
         }
+        if role != Role::Admin && statements.len() == 1 {
+            self.check_scheduler_bound(&ctx, sql).await?;
+        }
         Ok(())
     }
 
+    /// A Flight SQL session of this scheduler for checks (planning and the
+    /// bounded run of [`SluiceFlightSql::check_scheduler_bound`]); sessions
+    /// are built alike, with the catalog's tables.
+    async fn probe_session(&self) -> std::result::Result<Arc<SessionContext>, Status> {
+        self.scheduler
+            .session(PROBE_SESSION)
+            .await
+            .map_err(|e| Status::internal(format!("session: {e}")))
+    }
+
+    /// Ballista runs a query that reads only `information_schema` on the
+    /// scheduler itself and keeps all its rows in memory: for a read token,
+    /// such a query first runs here with a row limit and a time limit, and
+    /// is refused when it exceeds either.
+    async fn check_scheduler_bound(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+    ) -> std::result::Result<(), Status> {
+        let Ok(plan) = ctx.state().create_logical_plan(sql).await else {
+            // The frontend reports the planning error.
+            return Ok(());
+        };
+        if !matches!(ballista_core::planner::scans_only_information_schema(&plan), Ok(true)) {
+            return Ok(());
+        }
+        let too_big = || {
+            Status::resource_exhausted(format!(
+                "queries on information_schema run on the scheduler and may return at most \
+                 {SCHEDULER_ROWS} rows within {} s; this one does not (an admin token lifts \
+                 the bound)",
+                SCHEDULER_TIME.as_secs()
+            ))
+        };
+        let probe = async {
+            use futures::TryStreamExt;
+            let mut stream = ctx.execute_logical_plan(plan).await?.execute_stream().await?;
+            let mut rows = 0usize;
+            while let Some(batch) = stream.try_next().await? {
+                rows += batch.num_rows();
+                if rows > SCHEDULER_ROWS {
+                    return Ok(false);
+                }
+            }
+            Ok::<_, datafusion::error::DataFusionError>(true)
+        };
+        match tokio::time::timeout(SCHEDULER_TIME, probe).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) | Err(_) => Err(too_big()),
+            // The frontend reports the error as it runs the query.
+            Ok(Err(_)) => Ok(()),
+        }
+    }
+
     /// Checks the SQL a Flight SQL command carries, if any.
-    fn check_command(&self, role: Role, cmd: &[u8]) -> std::result::Result<(), Status> {
+    async fn check_command(&self, role: Role, cmd: &[u8]) -> std::result::Result<(), Status> {
         let Ok(any) = Any::decode(cmd) else { return Ok(()) };
         let Ok(command) = Command::try_from(any) else { return Ok(()) };
         match command {
-            Command::CommandStatementQuery(q) => self.check_sql(role, &q.query),
-            Command::CommandStatementUpdate(u) => self.check_sql(role, &u.query),
-            Command::ActionCreatePreparedStatementRequest(r) => self.check_sql(role, &r.query),
+            Command::CommandStatementQuery(q) => self.check_sql(role, &q.query).await,
+            Command::CommandStatementUpdate(u) => self.check_sql(role, &u.query).await,
+            Command::ActionCreatePreparedStatementRequest(r) => {
+                self.check_sql(role, &r.query).await
+            }
             Command::CommandStatementSubstraitPlan(_)
             | Command::CommandStatementIngest(_)
             | Command::CommandPreparedStatementUpdate(_) => Err(Status::unimplemented(
@@ -617,7 +696,7 @@ impl FlightService for SluiceFlightSql {
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         let (role, request) = self.admit(request)?;
-        self.check_command(role, &request.get_ref().cmd)?;
+        self.check_command(role, &request.get_ref().cmd).await?;
         let mut response = self.inner.get_flight_info(request).await?;
         for endpoint in &mut response.get_mut().endpoint {
             if let Some(ticket) = endpoint.ticket.as_mut() {
@@ -632,7 +711,7 @@ impl FlightService for SluiceFlightSql {
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<PollInfo>, Status> {
         let (role, request) = self.admit(request)?;
-        self.check_command(role, &request.get_ref().cmd)?;
+        self.check_command(role, &request.get_ref().cmd).await?;
         self.inner.poll_flight_info(request).await
     }
 
@@ -641,7 +720,7 @@ impl FlightService for SluiceFlightSql {
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<SchemaResult>, Status> {
         let (role, request) = self.admit(request)?;
-        self.check_command(role, &request.get_ref().cmd)?;
+        self.check_command(role, &request.get_ref().cmd).await?;
         self.inner.get_schema(request).await
     }
 
@@ -688,7 +767,7 @@ impl FlightService for SluiceFlightSql {
             let result = arrow_flight::Result { body: body.into() };
             return Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))));
         }
-        self.check_command(role, &action.body)?;
+        self.check_command(role, &action.body).await?;
         let response = self.inner.do_action(request).await?;
         Ok(Response::new(Box::pin(response.into_inner())))
     }

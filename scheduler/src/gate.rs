@@ -8,6 +8,7 @@
 //!   /api/job/{id}/config (a job's settings, secrets included)               admin
 //!   /api/…                                                                   GET: any token; else admin
 //!   /healthz, /readyz                                                        open (probes)
+//!   /metrics (Prometheus text), /externalscaler.ExternalScaler/… (KEDA)     open (load figures only)
 //! ```
 //!
 //! Submitting a plan over Ballista's gRPC can write (`COPY`, `INSERT`), so
@@ -71,7 +72,11 @@ enum Need {
 fn need(method: &Method, path: &str) -> Need {
     if let Some(rpc) = path.strip_prefix(GRPC_PREFIX) {
         if EXECUTOR_METHODS.contains(&rpc) { Need::Executor } else { Need::Admin }
-    } else if path == "/healthz" || path == "/readyz" {
+    } else if path == "/healthz"
+        || path == "/readyz"
+        || path == "/metrics"
+        || path.starts_with("/externalscaler.ExternalScaler/")
+    {
         Need::Nothing
     } else if path.starts_with("/api/job/") && path.ends_with("/config") {
         // A job's settings: S3 secret keys among them.
@@ -188,6 +193,11 @@ async fn readyz(State(scheduler): State<Arc<Scheduler>>) -> Response {
     }
 }
 
+async fn metrics(State(load): State<crate::load::LoadSource>) -> Response {
+    let text = load.metrics.render(&load.read().await);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
 /// Serves the scheduler port until it fails; with `tokens`, client calls
 /// must carry one; with `tls`, the port speaks cluster TLS.
 ///
@@ -201,6 +211,7 @@ pub(crate) async fn serve(
     backfills: sluice_proto::pb::backfill_service_server::BackfillServiceServer<
         crate::backfill::BackfillGrpc,
     >,
+    load: crate::load::LoadSource,
 ) -> std::io::Result<()> {
     let listener = ClusterListener::new(listener, tls.as_ref())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -211,6 +222,7 @@ pub(crate) async fn serve(
     let mut routes = RoutesBuilder::default();
     routes.add_service(grpc);
     routes.add_service(backfills);
+    routes.add_service(crate::scaler::service(load.clone()));
     let scheduler = Arc::new(scheduler);
     let policy = Arc::new(Policy { tokens, cluster_tls: tls.is_some() });
     let app = get_routes(Arc::clone(&scheduler))
@@ -220,7 +232,8 @@ pub(crate) async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(scheduler);
-    let app = app.merge(health).fallback(|| async { StatusCode::NOT_FOUND });
+    let metrics = axum::Router::new().route("/metrics", get(metrics)).with_state(load);
+    let app = app.merge(health).merge(metrics).fallback(|| async { StatusCode::NOT_FOUND });
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
 }
 
@@ -289,6 +302,8 @@ mod tests {
             Need::Executor
         );
         assert_eq!(need(&Method::GET, "/readyz"), Need::Nothing);
+        assert_eq!(need(&Method::GET, "/metrics"), Need::Nothing);
+        assert_eq!(need(&Method::POST, "/externalscaler.ExternalScaler/GetMetrics"), Need::Nothing);
         assert_eq!(
             need(&Method::POST, "/ballista.protobuf.SchedulerGrpc/ExecuteQuery"),
             Need::Admin

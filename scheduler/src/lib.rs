@@ -19,7 +19,9 @@ mod gate;
 pub mod guard;
 pub mod ha;
 mod listener;
+pub mod load;
 pub mod recovery;
+pub mod scaler;
 pub mod watchdog;
 
 use std::net::SocketAddr;
@@ -239,12 +241,21 @@ pub async fn start_on(
     );
     let resume = Arc::clone(&hub);
     tokio::spawn(async move { resume.resume_all().await });
+    let load = load::LoadSource {
+        scheduler: Arc::clone(&scheduler),
+        hub: Arc::clone(&hub),
+        metrics: Arc::new(
+            load::Metrics::new()
+                .map_err(|e| Error::ConfigFile { path: "metrics".into(), reason: e.to_string() })?,
+        ),
+    };
     let task = tokio::spawn(gate::serve(
         listener,
         server,
         tokens,
         tls,
         backfill::grpc_service(Arc::clone(&hub)),
+        load,
     ));
     Ok(RunningScheduler {
         local_addr,

@@ -98,6 +98,17 @@ struct Args {
     /// How long to retry an unreachable etcd at start before exiting (default 30).
     #[arg(long, value_name = "SECONDS")]
     etcd_connect_timeout_seconds: Option<u64>,
+    /// CA of etcd's certificate (PEM), for https:// endpoints of an etcd
+    /// with its own CA. Without it, https:// endpoints use the cluster
+    /// certificates (--cluster-ca …).
+    #[arg(long, env = "SLUICE_ETCD_CA", value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth, with --etcd-ca.
+    #[arg(long, env = "SLUICE_ETCD_CERT", value_name = "FILE", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// Its private key (PEM, mode 0600).
+    #[arg(long, env = "SLUICE_ETCD_KEY", value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
 }
 
 fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::Error> {
@@ -148,6 +159,15 @@ fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::E
     }
     if let Some(v) = args.cluster_key {
         config.cluster_key = Some(v);
+    }
+    if let Some(v) = args.etcd_ca {
+        config.etcd_ca = Some(v);
+    }
+    if let Some(v) = args.etcd_cert {
+        config.etcd_cert = Some(v);
+    }
+    if let Some(v) = args.etcd_key {
+        config.etcd_key = Some(v);
     }
     if !args.data_roots.is_empty() {
         config.data_roots = args.data_roots;

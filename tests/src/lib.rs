@@ -366,21 +366,44 @@ pub struct Etcd {
     data_dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// Plain `/health` when the client port needs certificates.
+    metrics_port: u16,
+    /// `--trusted-ca-file`, `--cert-file`, `--key-file`: TLS with client
+    /// certificates required (`--client-cert-auth`).
+    tls: Option<[PathBuf; 3]>,
     log: PathBuf,
 }
 
 impl Etcd {
     /// Starts etcd and waits (deadline 30 s) until it answers `/health`.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_inner(dir, None)
+    }
+
+    /// As [`Etcd::start`], serving `https://` with the `etcd` certificate of
+    /// `certs` (`sluice cluster certs`) and requiring client certificates
+    /// signed by its CA (`--client-cert-auth`).
+    pub fn start_tls(dir: &Path, certs: &sluice_proto::tls::Minted) -> anyhow::Result<Self> {
+        let folder = certs.ca.parent().context("certificate folder")?;
+        Self::start_inner(
+            dir,
+            Some([certs.ca.clone(), folder.join("etcd.pem"), folder.join("etcd.key")]),
+        )
+    }
+
+    fn start_inner(dir: &Path, tls: Option<[PathBuf; 3]>) -> anyhow::Result<Self> {
         let mut etcd = Self {
             child: None,
             endpoint: String::new(),
             data_dir: dir.join("etcd-data"),
             client_port: free_port()?,
             peer_port: free_port()?,
+            metrics_port: free_port()?,
+            tls,
             log: dir.join("etcd.log"),
         };
-        etcd.endpoint = format!("http://127.0.0.1:{}", etcd.client_port);
+        let scheme = if etcd.tls.is_some() { "https" } else { "http" };
+        etcd.endpoint = format!("{scheme}://127.0.0.1:{}", etcd.client_port);
         etcd.launch()?;
         Ok(etcd)
     }
@@ -391,7 +414,19 @@ impl Etcd {
         )?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", self.metrics_port);
+        let mut tls_args: Vec<String> = Vec::new();
+        if let Some([ca, cert, key]) = &self.tls {
+            for (flag, path) in
+                [("--trusted-ca-file", ca), ("--cert-file", cert), ("--key-file", key)]
+            {
+                tls_args.push(flag.into());
+                tls_args.push(path.display().to_string());
+            }
+            tls_args.push("--client-cert-auth".into());
+        }
         let child = Command::new(program)
+            .args(&tls_args)
             .args([
                 "--name",
                 "sluice-test",
@@ -412,6 +447,8 @@ impl Etcd {
                 "50",
                 "--election-timeout",
                 "500",
+                "--listen-metrics-urls",
+                &metrics,
             ])
             .stdout(Stdio::null())
             .stderr(log)
@@ -419,7 +456,7 @@ impl Etcd {
             .context("spawn etcd")?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = format!("127.0.0.1:{}", self.client_port);
+        let addr = format!("127.0.0.1:{}", self.metrics_port);
         let rt = sluice_proto::runtime()?;
         loop {
             let healthy = rt.block_on(async {

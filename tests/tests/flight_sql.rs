@@ -563,6 +563,32 @@ fn result_tickets_are_signed_and_settings_are_the_admins() {
         let err = raw.do_get(request).await.err().expect("an altered ticket was redeemed");
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
         assert!(err.message().contains("not issued by this scheduler"), "{err}");
+
+        // Finding 6: information_schema queries run on the scheduler itself;
+        // a read token's are bounded (an 8-way self-join of the ~7 tables
+        // information_schema lists: millions of rows, refused at once).
+        let one = client
+            .execute("SELECT table_name FROM information_schema.tables".to_string(), None)
+            .await
+            .expect("a small information_schema query");
+        assert!(!one.endpoint.is_empty());
+        let started = std::time::Instant::now();
+        let huge = client
+            .execute(
+                format!(
+                    "SELECT a.table_name FROM {}",
+                    (0..8)
+                        .map(|i| format!("information_schema.tables t{i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+                .replace("SELECT a.", "SELECT t0."),
+                None,
+            )
+            .await
+            .expect_err("an unbounded information_schema query ran on the scheduler");
+        assert!(huge.to_string().contains("at most 100000 rows"), "{huge}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
     });
 
     let settings = ["error", "--sql", "SELECT name, value FROM information_schema.df_settings"];

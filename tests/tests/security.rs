@@ -399,3 +399,149 @@ fn cluster_certs_are_minted_private_and_role_checked() {
     let stderr = String::from_utf8_lossy(&sched.stderr);
     assert!(stderr.contains("needs a scheduler one"), "{stderr}");
 }
+
+/// An etcd connection with `tls` (none: plain), checked with a read.
+async fn etcd_reachable(
+    endpoint: &str,
+    tls: Option<sluice_proto::etcd::EtcdTls>,
+) -> Result<(), String> {
+    let target = sluice_proto::etcd::EtcdTarget::parse(endpoint, "sec")
+        .and_then(|t| t.with_tls(tls))
+        .map_err(|e| e.to_string())?;
+    target.connect(Duration::from_secs(3)).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Finding 5 (medium), the etcd half: etcd runs with TLS and
+/// `--client-cert-auth`; clients without a certificate of the cluster CA
+/// (plain, CA only, another CA's certificate) cannot read or write it, so
+/// nobody else can write a leader record. Schedulers, executors and the CLI
+/// reach it with their cluster certificates, elect a leader, register, and
+/// answer as local DataFusion does. On main `https://` endpoints were
+/// refused ("TLS to etcd is not supported yet") and etcd had no auth.
+#[test]
+fn etcd_over_tls_needs_a_cluster_certificate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let certs = sluice_proto::tls::mint(&tmp.path().join("certs"), &[], 1).expect("certs");
+    let strangers = sluice_proto::tls::mint(&tmp.path().join("strangers"), &[], 1).expect("certs");
+    let etcd = sluice_tests::Etcd::start_tls(tmp.path(), &certs).expect("etcd with TLS");
+    assert!(etcd.endpoint.starts_with("https://"), "{}", etcd.endpoint);
+    let load = |set: &sluice_proto::tls::Minted, name: &str| {
+        let m = set.member(name).expect("member");
+        ClusterTls::load(&set.ca, &m.cert, &m.key).expect("loads")
+    };
+    let rt = sluice_proto::runtime().expect("runtime");
+    rt.block_on(async {
+        use sluice_proto::etcd::EtcdTls;
+        let plain = etcd_reachable(&etcd.endpoint.replace("https://", "http://"), None).await;
+        assert!(plain.is_err(), "plain http reached etcd");
+        let ca_only = EtcdTls::load(&certs.ca, None, None).expect("CA");
+        let no_cert = etcd_reachable(&etcd.endpoint, Some(ca_only)).await;
+        assert!(no_cert.is_err(), "TLS without a client certificate reached etcd");
+        // A certificate of another CA, trusting etcd's CA: refused by etcd.
+        let stranger_cert = strangers.member("client").expect("client");
+        let stranger =
+            EtcdTls::load(&certs.ca, Some(&stranger_cert.cert), Some(&stranger_cert.key))
+                .expect("files");
+        assert!(
+            etcd_reachable(&etcd.endpoint, Some(stranger)).await.is_err(),
+            "another CA's certificate reached etcd"
+        );
+        // Cluster TLS trusting another CA: etcd's certificate is refused.
+        let wrong_ca = EtcdTls::of_cluster(&load(&strangers, "client"));
+        assert!(etcd_reachable(&etcd.endpoint, Some(wrong_ca)).await.is_err());
+        let member = EtcdTls::of_cluster(&load(&certs, "client"));
+        etcd_reachable(&etcd.endpoint, Some(member)).await.expect("a member reaches etcd");
+    });
+
+    let member_args = |name: &str| -> Vec<String> {
+        let m = certs.member(name).expect("member");
+        vec![
+            "--cluster-ca".into(),
+            certs.ca.display().to_string(),
+            "--cluster-cert".into(),
+            m.cert.display().to_string(),
+            "--cluster-key".into(),
+            m.key.display().to_string(),
+        ]
+    };
+    // https:// endpoints without any TLS: a clear error naming the flag.
+    let refused = Command::new(bin("sluice-scheduler"))
+        .args(["--bind", "127.0.0.1:0", "--state", "etcd", "--etcd-endpoints", &etcd.endpoint])
+        .env_remove("SLUICE_CLUSTER_CA")
+        .output()
+        .expect("scheduler");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "started without etcd TLS: {stderr}");
+    assert!(stderr.contains("--etcd-endpoints") && stderr.contains("--etcd-ca"), "{stderr}");
+
+    let scheduler_args: Vec<String> = member_args("scheduler");
+    let scheduler_args: Vec<&str> = scheduler_args.iter().map(String::as_str).collect();
+    let scheduler =
+        sluice_tests::ha_scheduler("scheduler", &etcd, "sec", 10, tmp.path(), &scheduler_args)
+            .expect("scheduler on etcd over TLS");
+    let mut executor_args: Vec<String> = [
+        "--etcd-endpoints",
+        &etcd.endpoint,
+        "--cluster",
+        "sec",
+        "--bind",
+        "127.0.0.1:0",
+        "--vcores",
+        "2",
+        "--work-dir",
+        &tmp.path().join("work").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    executor_args.extend(member_args("executor-1"));
+    let executor = sluice_tests::Proc::spawn(
+        "executor",
+        &bin("sluice-executor"),
+        &executor_args,
+        tmp.path(),
+        Duration::from_secs(60),
+    )
+    .expect("executor on etcd over TLS");
+    let client = load(&certs, "client");
+    rt.block_on(sluice_client::http::wait_ready_with(
+        &scheduler.addr,
+        Some(&client),
+        Duration::from_secs(60),
+    ))
+    .unwrap_or_else(|e| {
+        panic!("leader not ready: {e}\n{}\n{}", scheduler.log_text(), executor.log_text())
+    });
+
+    let client_env = vec![
+        ("SLUICE_CLUSTER_CA".to_string(), certs.ca.display().to_string()),
+        (
+            "SLUICE_CLUSTER_CERT".into(),
+            certs.member("client").expect("c").cert.display().to_string(),
+        ),
+        ("SLUICE_CLUSTER_KEY".into(), certs.member("client").expect("c").key.display().to_string()),
+    ];
+    let status = sluice(
+        &["cluster", "status", "--etcd-endpoints", &etcd.endpoint, "--cluster", "sec", "--json"],
+        &client_env,
+    );
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["executors"].as_array().map(Vec::len), Some(1), "{status}");
+    assert!(status["leader"].is_object(), "{status}");
+    let no_creds =
+        sluice(&["cluster", "status", "--etcd-endpoints", &etcd.endpoint, "--cluster", "sec"], &[]);
+    assert!(!no_creds.status.success(), "the CLI read etcd without credentials");
+
+    let target = ["--etcd-endpoints", etcd.endpoint.as_str(), "--cluster", "sec"];
+    let out = run_sql(&target, SHUFFLE_SQL, &client_env);
+    assert!(
+        out.status.success(),
+        "sluice sql through etcd over TLS: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        scheduler.log_text(),
+        executor.log_text()
+    );
+    let on_cluster = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(on_cluster, local_csv(SHUFFLE_SQL, &[&customers()]));
+}

@@ -21,7 +21,7 @@ impl EtcdArgs {
     pub fn target(&self) -> Result<Option<sluice_proto::etcd::EtcdTarget>, Error> {
         match &self.etcd_endpoints {
             None => Ok(None),
-            Some(e) => Ok(Some(sluice_proto::etcd::EtcdTarget::parse(e, &self.cluster)?)),
+            Some(e) => Ok(Some(sluice_client::connect::etcd_target(e, &self.cluster)?)),
         }
     }
 }

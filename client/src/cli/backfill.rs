@@ -106,10 +106,9 @@ impl ServiceArgs {
     pub fn target(&self) -> Result<Target, Error> {
         match (&self.scheduler, &self.etcd_endpoints) {
             (Some(addr), _) => Ok(Target::Scheduler(addr.clone())),
-            (None, Some(endpoints)) => Ok(Target::Cluster(sluice_proto::etcd::EtcdTarget::parse(
-                endpoints,
-                &self.cluster,
-            )?)),
+            (None, Some(endpoints)) => {
+                Ok(Target::Cluster(sluice_client::connect::etcd_target(endpoints, &self.cluster)?))
+            }
             (None, None) => Err(Error::Usage(
                 "which cluster? pass --scheduler HOST:PORT or --etcd-endpoints URL[,URL]".into(),
             )),

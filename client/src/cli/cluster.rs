@@ -72,7 +72,7 @@ pub async fn run(what: ClusterCommand) -> Result<(), Error> {
         }
         ClusterCommand::Status { cluster, json } => {
             let target =
-                sluice_proto::etcd::EtcdTarget::parse(&cluster.etcd_endpoints, &cluster.cluster)?;
+                sluice_client::connect::etcd_target(&cluster.etcd_endpoints, &cluster.cluster)?;
             let status = sluice_client::status::read(&target).await?;
             if json {
                 println!(

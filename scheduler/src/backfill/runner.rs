@@ -255,7 +255,9 @@ pub async fn drive(
     let state = convert::state_from_pb(record.state());
     let mut machine =
         Machine::restore(chunks, state, request.parallel.max(1) as usize, MAX_RETRIES);
-    let runner = Runner { hub: Arc::clone(&hub), id: id.clone(), compiled: Arc::new(compiled) };
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let runner =
+        Runner { hub: Arc::clone(&hub), id: id.clone(), compiled: Arc::new(compiled), run };
     let mut tasks: JoinSet<(usize, u32, Outcome)> = JoinSet::new();
     let mut handles: HashMap<usize, (u32, tokio::task::AbortHandle, JobIds)> = HashMap::new();
     let mut per_date: HashMap<usize, Vec<(NaiveDate, u64)>> = HashMap::new();
@@ -340,15 +342,7 @@ pub async fn drive(
                             }
                         }
                     }
-                    Action::Discard(chunk) => {
-                        let committed = machine.chunks[chunk].state == ChunkState::Committed;
-                        runner
-                            .discard(
-                                &machine.chunks[chunk],
-                                committed.then_some(handles.get(&chunk).map_or(0, |h| h.0)),
-                            )
-                            .await
-                    }
+                    Action::Discard(chunk) => runner.discard(&machine.chunks[chunk]).await,
                     Action::Retried { chunk, failure } => {
                         tracing::warn!(backfill = %id, chunk = %machine.chunks[chunk].label(), error = %failure.message, "chunk failed; resubmitting it");
                         let mut e = chunk_event(
@@ -490,6 +484,8 @@ struct Runner {
     hub: Arc<Hub>,
     id: BackfillId,
     compiled: Arc<Compiled>,
+    /// Drawn when this runner starts (see [`Runner::attempt`]).
+    run: String,
 }
 
 impl Runner {
@@ -498,9 +494,11 @@ impl Runner {
     }
 
     /// The name of one attempt's folder: tasks of an earlier attempt (or of
-    /// a deposed leader) may still be writing into theirs.
+    /// a deposed leader) may still be writing into theirs. The run tag keeps
+    /// a resumed runner out of the folders of the runner it replaces, whose
+    /// attempt numbers its record may not show yet.
     fn attempt(&self, c: &Chunk, attempt: u32) -> String {
-        format!("{}.{}.{attempt}", c.label(), self.id)
+        format!("{}.{}.{attempt}-{}", c.label(), self.id, self.run)
     }
 
     fn job_name(&self, c: &Chunk, what: &str, attempt: u32) -> String {
@@ -541,10 +539,16 @@ impl Runner {
         }
     }
 
-    /// Deletes the files of every attempt of `c` but `keep` (the committed
-    /// one): they are in no version of the table. Best effort: a file left
-    /// behind is invisible, and a later run of the chunk deletes it.
-    async fn discard(&self, c: &Chunk, keep: Option<u32>) {
+    /// Deletes the files of every attempt of `c` that no version of the
+    /// table names. Best effort: a file left behind is invisible, and a later
+    /// run of the chunk deletes it.
+    ///
+    /// The table is always read, never trusted to be the runner's own idea
+    /// of what it committed: a leader that died between its commit and its
+    /// record leaves a committed attempt the record does not know, and the
+    /// resumed chunk's commit then finds the transaction already in the log
+    /// ([`delta::Committed::Already`]) while its own attempt stays unnamed.
+    async fn discard(&self, c: &Chunk) {
         let out = &self.compiled.out;
         let root = out.table_path().clone().join("_sluice");
         let listed = match out.store.list_with_delimiter(Some(&root)).await {
@@ -555,34 +559,23 @@ impl Runner {
             }
         };
         let prefix = format!("{}.{}.", c.label(), self.id);
-        let kept = keep.map(|a| self.attempt(c, a));
-        let candidates: Vec<_> = listed
+        if !listed
             .common_prefixes
-            .into_iter()
-            .filter(|d| {
-                d.filename().is_some_and(|n| n.starts_with(&prefix) && kept.as_deref() != Some(n))
-            })
-            .collect();
-        if candidates.is_empty() {
+            .iter()
+            .any(|d| d.filename().is_some_and(|n| n.starts_with(&prefix)))
+        {
             return;
         }
-        // A leader that died between its commit and its record leaves a
-        // committed attempt the record does not know: never delete files a
-        // version of the table names.
-        let referenced = if keep.is_some() {
-            BTreeSet::new()
-        } else {
-            match delta::attempts_in_table(&out.runtime, &out.url, "_sluice").await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(backfill = %self.id, chunk = %c.label(), error = %e, "table not read; attempt files left for a later run");
-                    return;
-                }
+        let referenced = match delta::attempts_in_table(&out.runtime, &out.url, "_sluice").await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(backfill = %self.id, chunk = %c.label(), error = %e, "table not read; attempt files left for a later run");
+                return;
             }
         };
-        for dir in candidates {
+        for dir in listed.common_prefixes {
             let Some(name) = dir.filename() else { continue };
-            if referenced.contains(name) {
+            if !discardable(name, &prefix, &referenced) {
                 continue;
             }
             if let Err(e) = storage::delete_prefix(out.store.as_ref(), &dir).await {
@@ -834,4 +827,29 @@ fn render_rows(batches: &[RecordBatch]) -> Vec<String> {
         }
     }
     rows
+}
+
+/// Whether the attempt folder `name` may be deleted by the chunk whose
+/// attempts start with `prefix` (`<chunk>.<backfill>.`): one of its own that
+/// no version of the table names (`referenced`).
+fn discardable(name: &str, prefix: &str, referenced: &BTreeSet<String>) -> bool {
+    name.starts_with(prefix) && !referenced.contains(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unreferenced_attempts_of_the_chunk_are_discarded() {
+        let prefix = "2024-02-04_2024-02-06.bf-1.";
+        // Attempt 1 of the leader that died was committed; the resumed
+        // runner's attempt 2 found the transaction already in the log.
+        let referenced: BTreeSet<String> = ["2024-02-04_2024-02-06.bf-1.1-aaaa".to_string()].into();
+        assert!(!discardable("2024-02-04_2024-02-06.bf-1.1-aaaa", prefix, &referenced));
+        assert!(discardable("2024-02-04_2024-02-06.bf-1.2-bbbb", prefix, &referenced));
+        // Another chunk's, or another backfill's, attempts are not this chunk's.
+        assert!(!discardable("2024-02-07_2024-02-09.bf-1.1-bbbb", prefix, &referenced));
+        assert!(!discardable("2024-02-04_2024-02-06.bf-12.1-bbbb", prefix, &referenced));
+    }
 }

@@ -70,6 +70,7 @@ NEGATIVE = [
     ("an unknown scheduler.config key", {"scheduler": {"config": {"executor-timeout": 30}}}, ["executor-timeout"]),
     ("a chart-owned config key", {"scheduler": {"config": {"bind": "0.0.0.0:1"}}}, ["bind"]),
     ("etcd.mode bogus", {"etcd": {"mode": "bogus"}}, ["etcd", "mode"]),
+    ("tracing.otlpEndpoint not a URL", {"tracing": {"otlpEndpoint": "collector:4317"}}, ["tracing", "otlpEndpoint"]),
     ("etcd.bundled.replicas even", {"etcd": {"bundled": {"replicas": 2}}}, ["etcd", "replicas"]),
     ("external etcd without endpoints", {"etcd": {"mode": "external"}}, ["etcd.external.endpoints"]),
     ("a short token", {"tls": {"enabled": True, "existingSecret": "c"},
@@ -153,6 +154,9 @@ def facts(values: dict, docs: list[dict]) -> None:
     if "scheduler" not in values or "replicas" not in values.get("scheduler", {}):
         check(sched["spec"]["replicas"] == 2, "scheduler replicas default 2")
     sc = container(sched, "scheduler")
+    env = {e["name"]: e.get("value") for e in sc.get("env", [])}
+    endpoint = merged["tracing"]["otlpEndpoint"]
+    check(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") == (endpoint or None), "traces exported exactly when tracing.otlpEndpoint is set")
     probe = sc["readinessProbe"]["httpGet"]
     check(probe["path"] == "/readyz", "scheduler readiness path /readyz")
     check(probe["port"] == "scheduler", "readiness on the scheduler port")

@@ -162,6 +162,7 @@ pub fn request(opts: &BackfillOptions) -> Result<pb::BackfillRequest> {
         settings: settings.into_iter().map(|(key, value)| pb::Setting { key, value }).collect(),
         spec_dir: spec_dir.display().to_string(),
         replace: opts.replace,
+        traceparent: String::new(),
     })
 }
 
@@ -246,12 +247,21 @@ impl Service {
 
     /// # Errors
     /// The service's refusal ([`from_status`]).
-    pub async fn submit(&mut self, request: pb::BackfillRequest) -> Result<pb::Backfill> {
-        let r = self
-            .client
-            .submit(self.req(pb::SubmitBackfillRequest { request: Some(request) }))
-            .await
-            .map_err(|s| from_status(&s))?;
+    pub async fn submit(&mut self, mut request: pb::BackfillRequest) -> Result<pb::Backfill> {
+        use tracing::Instrument;
+        // The root of the backfill's trace (when traces are on): the
+        // scheduler's spans join it through the request.
+        let span = tracing::info_span!(
+            target: "sluice_client",
+            "backfill submit",
+            spec = %request.spec_label,
+            from = %request.from,
+            to = %request.to,
+        );
+        request.traceparent = sluice_proto::logging::traces::traceparent(&span);
+        let call =
+            self.client.submit(self.req(pb::SubmitBackfillRequest { request: Some(request) }));
+        let r = call.instrument(span).await.map_err(|s| from_status(&s))?;
         r.into_inner().backfill.ok_or_else(|| Error::Query {
             message: "the scheduler accepted the backfill but returned no record".into(),
             class: ErrorClass::Internal,

@@ -73,13 +73,6 @@ async fn run(cli: Cli) -> Result<(), Error> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Library logs are for operators: the CLI reports failures itself, so the
-    // embedded cluster's own error logs would only repeat them. RUST_LOG=info
-    // shows everything.
-    logging::init(
-        cli.log_format,
-        "warn,ballista_scheduler=off,ballista_core=off,ballista_executor=off",
-    );
     std::panic::set_hook(Box::new(|info| {
         eprintln!(
             "internal error: {info}\nThis is a bug in Sluice; please report it with the command you ran."
@@ -92,7 +85,22 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    {
+        // Library logs are for operators: the CLI reports failures itself, so
+        // the embedded cluster's own error logs would only repeat them.
+        // RUST_LOG=info shows everything. Inside the runtime: the OTLP
+        // exporter (when traces are on) needs it.
+        let _entered = runtime.enter();
+        logging::init_service(
+            cli.log_format,
+            "warn,ballista_scheduler=off,ballista_core=off,ballista_executor=off",
+            "sluice",
+        );
+    }
+    let result = runtime.block_on(run(cli));
+    // Spans still buffered go out before the process ends.
+    logging::traces::shutdown(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // Ctrl-C while following a backfill: it runs on; say how to follow it.
         Err(Error::Detached(hint)) => {

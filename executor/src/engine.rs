@@ -109,6 +109,17 @@ impl ExecutionEngine for SluiceExecutionEngine {
             "stage plan on this executor"
         );
         let slots = metric_slots(plan.as_ref());
+        let trace_parent = config
+            .options()
+            .extensions
+            .get::<sluice_sql::options::SluiceOptions>()
+            .map(|o| o.trace_parent.clone())
+            .unwrap_or_default();
+        let trace = (!trace_parent.is_empty()).then(|| TaskTrace {
+            parent: trace_parent,
+            job_id: job_id.to_string(),
+            stage_id,
+        });
         let inner = self
             .inner
             .create_query_stage_exec(
@@ -121,7 +132,7 @@ impl ExecutionEngine for SluiceExecutionEngine {
                 config,
             )
             .map_err(|e| sluice_sql::remote_error::carry(e, "executor"))?;
-        Ok(Arc::new(SluiceStageExec { inner, slots }))
+        Ok(Arc::new(SluiceStageExec { inner, slots, trace }))
     }
 }
 
@@ -321,6 +332,14 @@ fn with_silent_slots(metrics: Vec<MetricsSet>, slots: &[Slot]) -> Vec<MetricsSet
 struct SluiceStageExec {
     inner: Arc<dyn QueryStageExecutor>,
     slots: Vec<Slot>,
+    /// Where the task's span goes (`sluice.trace.parent` of the job).
+    trace: Option<TaskTrace>,
+}
+
+struct TaskTrace {
+    parent: String,
+    job_id: String,
+    stage_id: usize,
 }
 
 impl fmt::Debug for SluiceStageExec {
@@ -343,7 +362,20 @@ impl QueryStageExecutor for SluiceStageExec {
         context: Arc<TaskContext>,
     ) -> Result<Vec<ShuffleWritePartition>> {
         let timer = crate::metrics::TaskTimer::start();
-        let result = self.inner.execute_query_stage(task_id, context).await;
+        let run = self.inner.execute_query_stage(task_id, context);
+        let result = match &self.trace {
+            Some(t) => {
+                let span = tracing::info_span!(
+                    "task",
+                    job_id = %t.job_id,
+                    stage_id = t.stage_id,
+                    task_id,
+                );
+                sluice_proto::logging::traces::set_parent(&span, &t.parent);
+                tracing::Instrument::instrument(run, span).await
+            }
+            None => run.await,
+        };
         let written = result
             .as_ref()
             .map(|parts| parts.iter().map(|p| p.num_bytes).sum::<u64>())

@@ -224,7 +224,7 @@ async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(config.log_format, logging::DEFAULT_FILTER);
+    logging::init_service(config.log_format, logging::DEFAULT_FILTER, "sluice-executor");
     let cluster_tls = match config.cluster_tls() {
         Ok(t) => t,
         Err(e) => {

@@ -205,6 +205,7 @@ pub async fn start_on(
         cluster.job_state(),
     );
     let job_state = cluster.job_state();
+    let engine_job_state = Arc::clone(&job_state);
     let server = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(ballista))
         .await
         .map_err(|source| Error::Server { source })?;
@@ -235,7 +236,11 @@ pub async fn start_on(
     };
     let scheduler = Arc::new(server.clone());
     let hub = backfill::Hub::new(
-        Arc::new(backfill::ClusterEngine { scheduler: Arc::clone(&scheduler), tls: tls.clone() }),
+        Arc::new(backfill::ClusterEngine {
+            scheduler: Arc::clone(&scheduler),
+            tls: tls.clone(),
+            job_state: Some(engine_job_state),
+        }),
         backfills,
         format!("scheduler-{endpoint}"),
     );

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use ballista_core::serde::protobuf::job_status;
-use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use sluice_proto::pb;
 
 use crate::Scheduler;
@@ -99,6 +99,7 @@ pub struct Metrics {
     slots: IntGaugeVec,
     tasks: IntGaugeVec,
     jobs: IntGaugeVec,
+    jobs_total: IntCounterVec,
     backfills_running: IntGauge,
     backfill_dates: IntGaugeVec,
     desired: IntGauge,
@@ -117,6 +118,13 @@ impl Metrics {
             slots: vec("slots", "Task slots of the live executors, by state.", "state")?,
             tasks: vec("tasks", "Tasks of running jobs, by state.", "state")?,
             jobs: vec("jobs", "Jobs on the leader, by state.", "state")?,
+            jobs_total: IntCounterVec::new(
+                Opts::new(
+                    "jobs_total",
+                    "Jobs this scheduler submitted, completed, failed and cancelled (Ballista's counters).",
+                ),
+                &["state"],
+            )?,
             backfills_running: gauge("backfills_running", "Backfills the leader is running.")?,
             backfill_dates: vec(
                 "backfill_dates",
@@ -133,6 +141,7 @@ impl Metrics {
         m.registry.register(Box::new(m.slots.clone()))?;
         m.registry.register(Box::new(m.tasks.clone()))?;
         m.registry.register(Box::new(m.jobs.clone()))?;
+        m.registry.register(Box::new(m.jobs_total.clone()))?;
         m.registry.register(Box::new(m.backfills_running.clone()))?;
         m.registry.register(Box::new(m.backfill_dates.clone()))?;
         m.registry.register(Box::new(m.desired.clone()))?;
@@ -152,6 +161,7 @@ impl Metrics {
         self.tasks.with_label_values(&["pending"]).set(n(load.tasks_pending));
         self.jobs.with_label_values(&["queued"]).set(n(load.jobs_queued));
         self.jobs.with_label_values(&["running"]).set(n(load.jobs_running));
+        self.sync_job_counters();
         self.backfills_running.set(n(load.backfills_running));
         self.backfill_dates.with_label_values(&["committed"]).set(n(load.backfill_dates_committed));
         self.backfill_dates.with_label_values(&["total"]).set(n(load.backfill_dates_total));
@@ -161,6 +171,29 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics not encoded");
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Metrics {
+    /// Ballista counts jobs by outcome in the default registry (served on its
+    /// `/api/metrics`); they are carried over as `sluice_jobs_total{state}`.
+    fn sync_job_counters(&self) {
+        for family in prometheus::default_registry().gather() {
+            let state = match family.name() {
+                "job_submitted_total" => "submitted",
+                "job_completed_total" => "completed",
+                "job_failed_total" => "failed",
+                "job_cancelled_total" => "cancelled",
+                _ => continue,
+            };
+            let total = family.metric.first().map_or(0.0, |m| m.counter.value());
+            let counter = self.jobs_total.with_label_values(&[state]);
+            let seen = counter.get();
+            let total = total.max(0.0) as u64;
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
     }
 }
 

@@ -212,7 +212,7 @@ async fn run() -> ExitCode {
             return ExitCode::from(e.class().exit_code() as u8);
         }
     };
-    logging::init(config.log_format, logging::DEFAULT_FILTER);
+    logging::init_service(config.log_format, logging::DEFAULT_FILTER, "sluice-scheduler");
     sluice_scheduler::guard::exit_on_scheduler_panic();
     match config.etcd_target() {
         Ok(Some(target)) => return run_ha(&config, target).await,

@@ -37,6 +37,10 @@ pub struct SluiceOptions {
     /// (`crate::cluster_plan::adaptive_hazard`); false keeps the adaptive
     /// planner (to reproduce the upstream bug).
     pub static_for_adaptive_hazards: bool,
+    /// W3C `traceparent` of the span a job belongs to (set by the
+    /// scheduler for its jobs when traces are on; executors put their task
+    /// spans under it).
+    pub trace_parent: String,
 }
 
 impl Default for SluiceOptions {
@@ -48,11 +52,12 @@ impl Default for SluiceOptions {
             inline_max_bytes: crate::inline::DEFAULT_INLINE_MAX_BYTES,
             stage_url: String::new(),
             static_for_adaptive_hazards: true,
+            trace_parent: String::new(),
         }
     }
 }
 
-const KEYS: [(&str, &str); 6] = [
+const KEYS: [(&str, &str); 7] = [
     ("skew.enabled", "Detect hot join/grouping keys and salt them (true|false)."),
     ("skew.hot_key_share", "A key is hot above this share of its input's rows, in (0, 1)."),
     (
@@ -70,6 +75,10 @@ const KEYS: [(&str, &str); 6] = [
     (
         "planner.static_for_adaptive_hazards",
         "Run a job whose shape Ballista's adaptive planner cannot finish (a sort or window over a UNION, a sort by a dictionary column, a recursive query) on its static planner (true|false).",
+    ),
+    (
+        "trace.parent",
+        "W3C traceparent of the span a job belongs to: executors put their task spans under it (set by the scheduler when traces are on).",
     ),
 ];
 
@@ -127,6 +136,7 @@ impl ExtensionOptions for SluiceOptions {
                     .map_err(|_| invalid(key, value, "a number of bytes, e.g. 4194304"))?;
             }
             "memory_tables.stage_url" => self.stage_url = v.to_string(),
+            "trace.parent" => self.trace_parent = v.to_string(),
             "planner.static_for_adaptive_hazards" => {
                 self.static_for_adaptive_hazards = v
                     .to_ascii_lowercase()
@@ -152,6 +162,7 @@ impl ExtensionOptions for SluiceOptions {
             self.inline_max_bytes.to_string(),
             self.stage_url.clone(),
             self.static_for_adaptive_hazards.to_string(),
+            self.trace_parent.clone(),
         ];
         KEYS.iter()
             .zip(values)

@@ -66,10 +66,23 @@ impl Proc {
         log_dir: &Path,
         deadline: Duration,
     ) -> anyhow::Result<Self> {
+        Self::spawn_env(name, bin, args, &[], log_dir, deadline)
+    }
+
+    /// As [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_env(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log_dir: &Path,
+        deadline: Duration,
+    ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let mut child = Command::new(bin)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -203,14 +216,25 @@ impl TestCluster {
         scheduler_args: &[&str],
         executor_args: &[&str],
     ) -> anyhow::Result<Self> {
-        Self::start_inner(executors, vcores, scheduler_args, executor_args, false)
+        Self::start_inner(executors, vcores, scheduler_args, executor_args, false, &[])
+    }
+
+    /// As [`TestCluster::start_with`], with extra environment variables for
+    /// every process (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub fn start_env(
+        executors: usize,
+        vcores: usize,
+        executor_args: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(executors, vcores, &[], executor_args, false, env)
     }
 
     /// As [`TestCluster::start`], with mutual TLS between all members
     /// (`sluice cluster certs`: executor-1..N for the executors, one spare
     /// executor certificate, and `client` for clients).
     pub fn start_tls(executors: usize, vcores: usize) -> anyhow::Result<Self> {
-        Self::start_inner(executors, vcores, &[], &[], true)
+        Self::start_inner(executors, vcores, &[], &[], true, &[])
     }
 
     fn start_inner(
@@ -219,6 +243,7 @@ impl TestCluster {
         scheduler_args: &[&str],
         executor_args: &[&str],
         tls: bool,
+        env: &[(String, String)],
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("sluice-test-cluster-").tempdir()?;
         let deadline = Duration::from_secs(60);
@@ -246,8 +271,14 @@ impl TestCluster {
                 .map(|s| s.to_string())
                 .collect();
         args.extend(member_args("scheduler")?);
-        let scheduler =
-            Proc::spawn("scheduler", &bin("sluice-scheduler"), &args, dir.path(), deadline)?;
+        let scheduler = Proc::spawn_env(
+            "scheduler",
+            &bin("sluice-scheduler"),
+            &args,
+            env,
+            dir.path(),
+            deadline,
+        )?;
         let mut procs = Vec::new();
         for i in 0..executors {
             let mut args = vec![
@@ -262,10 +293,11 @@ impl TestCluster {
             ];
             args.extend(executor_args.iter().map(|s| s.to_string()));
             args.extend(member_args(&format!("executor-{}", i + 1))?);
-            procs.push(Proc::spawn(
+            procs.push(Proc::spawn_env(
                 &format!("executor-{i}"),
                 &bin("sluice-executor"),
                 &args,
+                env,
                 dir.path(),
                 deadline,
             )?);

@@ -24,11 +24,8 @@ fn python() -> PathBuf {
 
 fn run(command: &mut Command) -> String {
     let out = command.current_dir(workspace_root()).output().expect("spawn");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{command:?} failed:\n{text}");
     text
 }

@@ -50,7 +50,19 @@ impl Prometheus {
         poll("prometheus ready", Duration::from_secs(60), || {
             get(&p.addr, "/-/ready").filter(|(code, _)| *code == 200).map(|_| ())
         });
+        // Its discovery hands targets over after ~5 s: wait until every
+        // target has been scraped once, so what follows is all recorded.
+        poll("prometheus scraped every target", Duration::from_secs(60), || {
+            let up = p.value("count(up == 1)")?;
+            (up as usize == targets.len()).then_some(())
+        });
         p
+    }
+
+    /// The raw JSON answer to an instant PromQL query (for messages).
+    fn raw(&self, promql: &str) -> String {
+        let q: String = url::form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+        get(&self.addr, &format!("/api/v1/query?query={q}")).map(|(_, b)| b).unwrap_or_default()
     }
 
     /// The value of an instant PromQL query with one result, if any.
@@ -238,8 +250,24 @@ fn prometheus_and_the_keda_scaler_follow_a_backfill() {
     assert!(peak >= 1.0, "the scaler never asked for executors: {seen:?}");
     assert!(seen.iter().any(|(_, active)| *active), "never active: {seen:?}");
 
-    let pending_peak = poll("Prometheus saw pending tasks", Duration::from_secs(30), || {
-        prometheus.value("max_over_time(sluice_tasks{state=\"pending\"}[10m])").filter(|v| *v > 0.0)
+    let seen_by_prometheus = format!(
+        "up: {}\ntasks: {}\ntargets: {}\nlog: {}",
+        prometheus.raw("up"),
+        prometheus.raw("max_over_time(sluice_tasks[10m])"),
+        get(&prometheus.addr, "/api/v1/targets").map(|(_, b)| b).unwrap_or_default(),
+        std::fs::read_to_string(tmp.path().join("prometheus.log")).unwrap_or_default()
+    );
+    let pending_peak = poll(
+        &format!("Prometheus saw pending tasks ({seen_by_prometheus})"),
+        Duration::from_secs(30),
+        || {
+            prometheus
+                .value("max_over_time(sluice_tasks{state=\"pending\"}[10m])")
+                .filter(|v| *v > 0.0)
+        },
+    );
+    poll("Prometheus saw completed jobs", Duration::from_secs(30), || {
+        prometheus.value("sluice_jobs_total{state=\"completed\"}").filter(|v| *v > 0.0)
     });
     let committed_peak = poll("Prometheus saw committed dates", Duration::from_secs(30), || {
         prometheus
@@ -270,5 +298,170 @@ fn prometheus_and_the_keda_scaler_follow_a_backfill() {
         "scaler readings: {}, peak desired executors {peak}; Prometheus: peak pending tasks \
          {pending_peak}, peak committed dates of running backfills {committed_peak}",
         seen.len()
+    );
+}
+
+/// One span as the in-process OTLP receiver got it.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    service: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    name: String,
+}
+
+/// An OTLP/gRPC trace receiver (opentelemetry-proto's `TraceService`),
+/// keeping every span it is sent.
+#[derive(Default, Clone)]
+struct Receiver(Arc<std::sync::Mutex<Vec<ReceivedSpan>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Receiver
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let mut spans = self.0.lock().map_err(|_| tonic::Status::internal("poisoned"))?;
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                .map(|v| match v {
+                    Value::StringValue(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    spans.push(ReceivedSpan {
+                        service: service.clone(),
+                        trace_id: s.trace_id,
+                        span_id: s.span_id,
+                        parent_span_id: s.parent_span_id,
+                        name: s.name,
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, one backfill is one trace: the
+/// CLI's submit span is the root; the scheduler's backfill, chunk, job and
+/// stage spans and the executors' task spans are in its trace, each under a
+/// parent the trace holds.
+#[test]
+fn one_backfill_is_one_trace_across_cli_scheduler_and_executors() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let cfg = ChurnConfig {
+        users: 200,
+        start: NaiveDate::from_ymd_opt(2024, 1, 1).expect("date"),
+        days: 40,
+        seed: 7,
+        ..ChurnConfig::default()
+    };
+    sluice_client::datagen::churn::generate(&cfg, &data).expect("generate");
+
+    // The receiver, in its own runtime for the whole test.
+    let receiver = Receiver::default();
+    let rt = sluice_proto::runtime().expect("runtime");
+    let listener =
+        rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind the receiver");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let service = TraceServiceServer::new(receiver.clone());
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
+    ];
+    let cluster = TestCluster::start_env(2, 1, &[], &env).expect("cluster");
+    let out = tmp.path().join("out");
+    let backfill = Command::new(bin("sluice"))
+        .args([
+            "backfill",
+            &workspace_root().join("sql/jobs/churn.yaml").display().to_string(),
+            "--from",
+            "2024-02-01",
+            "--to",
+            "2024-02-06",
+            "--data-dir",
+            &data.display().to_string(),
+            "--output",
+            &out.display().to_string(),
+            "--chunk-days",
+            "3",
+            "--catalog",
+            &tmp.path().join("catalog.json").display().to_string(),
+            "--scheduler",
+            cluster.scheduler_addr(),
+        ])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("backfill");
+    assert!(
+        backfill.status.success(),
+        "backfill: {}\n{}",
+        String::from_utf8_lossy(&backfill.stderr),
+        cluster.logs()
+    );
+
+    let snapshot = || receiver.0.lock().map(|s| s.clone()).unwrap_or_default();
+    let root = poll("the CLI's root span", Duration::from_secs(30), || {
+        snapshot().into_iter().find(|s| s.service == "sluice" && s.name == "backfill submit")
+    });
+    assert!(root.parent_span_id.is_empty(), "the CLI's span has a parent: {root:?}");
+    // Every process's spans arrive in the root's trace.
+    let trace = poll("spans of every process in one trace", Duration::from_secs(30), || {
+        let trace: Vec<ReceivedSpan> =
+            snapshot().into_iter().filter(|s| s.trace_id == root.trace_id).collect();
+        let has = |service: &str, name: &str| {
+            trace.iter().any(|s| s.service == service && s.name.starts_with(name))
+        };
+        (has("sluice-scheduler", "backfill")
+            && has("sluice-scheduler", "chunk write")
+            && has("sluice-scheduler", "chunk check")
+            && has("sluice-scheduler", "job")
+            && has("sluice-scheduler", "stage ")
+            && has("sluice-executor", "task"))
+        .then_some(trace)
+    });
+    let ids: std::collections::HashSet<&[u8]> =
+        trace.iter().map(|s| s.span_id.as_slice()).collect();
+    for s in &trace {
+        assert!(
+            s.parent_span_id.is_empty() || ids.contains(s.parent_span_id.as_slice()),
+            "{} span '{}' has a parent outside the trace",
+            s.service,
+            s.name
+        );
+    }
+    let count = |service: &str| trace.iter().filter(|s| s.service == service).count();
+    eprintln!(
+        "one trace: {} spans (CLI {}, scheduler {}, executors {})",
+        trace.len(),
+        count("sluice"),
+        count("sluice-scheduler"),
+        count("sluice-executor")
     );
 }

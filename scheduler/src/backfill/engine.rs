@@ -14,6 +14,7 @@ use futures::TryStreamExt;
 use sluice_proto::ErrorClass;
 use sluice_sql::job::backfill::Failure;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::Scheduler;
 
@@ -58,6 +59,8 @@ pub struct ClusterEngine {
     pub scheduler: Arc<Scheduler>,
     /// The scheduler's cluster credentials, for fetching results from executors.
     pub tls: Option<sluice_proto::tls::ClusterTls>,
+    /// Where finished jobs' graphs are read for their stage spans.
+    pub job_state: Option<Arc<dyn ballista_scheduler::cluster::JobState>>,
 }
 
 fn failure_of_text(text: &str) -> Failure {
@@ -128,20 +131,36 @@ impl Engine for ClusterEngine {
                 .set(ballista_core::config::BALLISTA_ADAPTIVE_PLANNER_ENABLED, "false")
                 .map_err(df_failure)?;
         }
+        // The job's span (under the chunk's); executors put their task spans
+        // under it through the job's settings.
+        let span = tracing::info_span!("job", name = %job_name, job_id = tracing::field::Empty);
+        let traceparent = sluice_proto::logging::traces::traceparent(&span);
+        if !traceparent.is_empty() {
+            state
+                .config_mut()
+                .options_mut()
+                .set("sluice.trace.parent", &traceparent)
+                .map_err(df_failure)?;
+        }
         let job_ctx = Arc::new(SessionContext::new_with_state(state));
         let (subscriber, mut statuses) = tokio::sync::mpsc::channel::<JobStatus>(STATUS_BUFFER);
         let job_id = self
             .scheduler
             .submit_job(job_name, job_ctx, &plan, Some(subscriber))
+            .instrument(span.clone())
             .await
             .map_err(|e| failure_of_text(&e.to_string()))?;
+        span.record("job_id", job_id.to_string());
         jobs.lock().await.push(job_id.to_string());
-        while let Some(status) = statuses.recv().await {
+        while let Some(status) = statuses.recv().instrument(span.clone()).await {
             match status.status {
                 Some(job_status::Status::Successful(SuccessfulJob {
                     partition_location, ..
                 })) => {
-                    return fetch_all(&self.scheduler, self.tls.as_ref(), partition_location).await;
+                    self.record_stages(&job_id, &traceparent).await;
+                    return fetch_all(&self.scheduler, self.tls.as_ref(), partition_location)
+                        .instrument(span)
+                        .await;
                 }
                 Some(job_status::Status::Failed(failed)) => {
                     let mut failure = failure_of_text(&failed.error);
@@ -179,6 +198,44 @@ impl Engine for ClusterEngine {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl ClusterEngine {
+    /// Stage spans of a finished job, under its span `traceparent`: each
+    /// stage from its first task's launch to its last task's end, as the
+    /// job's graph recorded them (nothing when traces are off).
+    async fn record_stages(&self, job_id: &ballista_core::JobId, traceparent: &str) {
+        use ballista_scheduler::state::execution_stage::ExecutionStage;
+        let Some(job_state) = &self.job_state else { return };
+        if traceparent.is_empty() {
+            return;
+        }
+        let graph = match job_state.get_execution_graph(job_id).await {
+            Ok(Some(g)) => g,
+            _ => return,
+        };
+        let ms = |t: u128| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(t).unwrap_or(0))
+        };
+        for (id, stage) in graph.stages() {
+            let ExecutionStage::Successful(stage) = stage else { continue };
+            let start = stage.task_infos.iter().map(|t| t.launch_time).filter(|t| *t > 0).min();
+            let end = stage.task_infos.iter().map(|t| t.finish_time).max();
+            let (Some(start), Some(end)) = (start, end) else { continue };
+            sluice_proto::logging::traces::record_past_span(
+                traceparent,
+                format!("stage {id}"),
+                ms(start),
+                ms(end),
+                vec![
+                    ("job_id", job_id.to_string()),
+                    ("stage_id", id.to_string()),
+                    ("tasks", stage.task_infos.len().to_string()),
+                    ("attempt", stage.stage_attempt_num.to_string()),
+                ],
+            );
         }
     }
 }

@@ -256,8 +256,13 @@ pub async fn drive(
     let mut machine =
         Machine::restore(chunks, state, request.parallel.max(1) as usize, MAX_RETRIES);
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    // The backfill's span on this leader, under the submitting client's
+    // span when it sent one: chunks, jobs, stages and tasks go under it.
+    let span =
+        tracing::info_span!("backfill", backfill = %id, from = %request.from, to = %request.to);
+    sluice_proto::logging::traces::set_parent(&span, &request.traceparent);
     let runner =
-        Runner { hub: Arc::clone(&hub), id: id.clone(), compiled: Arc::new(compiled), run };
+        Runner { hub: Arc::clone(&hub), id: id.clone(), compiled: Arc::new(compiled), run, span };
     let mut tasks: JoinSet<(usize, u32, Outcome)> = JoinSet::new();
     let mut handles: HashMap<usize, (u32, tokio::task::AbortHandle, JobIds)> = HashMap::new();
     let mut per_date: HashMap<usize, Vec<(NaiveDate, u64)>> = HashMap::new();
@@ -486,6 +491,8 @@ struct Runner {
     compiled: Arc<Compiled>,
     /// Drawn when this runner starts (see [`Runner::attempt`]).
     run: String,
+    /// The backfill's span (traces).
+    span: tracing::Span,
 }
 
 impl Runner {
@@ -526,14 +533,20 @@ impl Runner {
             &k.plan_opts,
             &k.out.attempt_url(&name),
         );
-        match self.hub.engine.run(&k.ctx, &self.job_name(c, "write", attempt), &copy, jobs).await {
+        let span =
+            tracing::info_span!(parent: &self.span, "chunk write", chunk = %c.label(), attempt);
+        let name = self.job_name(c, "write", attempt);
+        let job = self.hub.engine.run(&k.ctx, &name, &copy, jobs);
+        match tracing::Instrument::instrument(job, span).await {
             Ok(_) => Outcome::Staged,
             Err(f) => Outcome::Failed(f),
         }
     }
 
     async fn check(&self, c: &Chunk, attempt: u32, jobs: &JobIds) -> Outcome {
-        match self.check_chunk(c, attempt, jobs).await {
+        let span =
+            tracing::info_span!(parent: &self.span, "chunk check", chunk = %c.label(), attempt);
+        match tracing::Instrument::instrument(self.check_chunk(c, attempt, jobs), span).await {
             Ok((results, per_date)) => Outcome::Checked { results, per_date },
             Err(f) => Outcome::Failed(f),
         }

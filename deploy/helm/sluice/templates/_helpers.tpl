@@ -187,6 +187,12 @@ KEYS/NAME.
   value: {{ .Values.clusterName | quote }}
 - name: SLUICE_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- if .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.tracing.otlpEndpoint | quote }}
+- name: OTEL_BSP_SCHEDULE_DELAY
+  value: {{ .Values.tracing.scheduleDelayMs | quote }}
+{{- end }}
 {{- if and .Values.etcd.tls.enabled (eq .Values.etcd.mode "external") .Values.etcd.external.tls.existingSecret }}
 - name: SLUICE_ETCD_CA
   value: {{ include "sluice.keysDir" . }}/etcd/ca.pem

@@ -6,6 +6,14 @@
 //! compared after resolving `..` and symbolic links, so `ROOT/../etc` and a
 //! link out of a root are both outside. With no root configured nothing is
 //! restricted (the embedded default).
+//!
+//! Every plan the scheduler runs is checked too, however it arrived (Flight
+//! SQL, a plan submitted on the scheduler port, a backfill's jobs):
+//! [`RootsRule`] (an analyzer rule) refuses scans of listing and Delta tables
+//! and `COPY`/`INSERT` targets outside the roots, and [`RootsFilesRule`] (a
+//! physical optimizer rule) resolves every file a scan will read, links
+//! included, when the scan is planned: a link inside a table folder to a
+//! file outside is refused.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -109,6 +117,135 @@ fn resolve(path: &Path) -> Option<PathBuf> {
     // Glob characters stay in the last component; `ListingTableUrl` expands
     // them under the resolved prefix only.
     Some(resolved)
+}
+
+/// Refuses, in any logical plan, a scan of a listing or Delta table, and a
+/// `COPY`/`INSERT` target, outside the roots.
+#[derive(Debug)]
+pub struct RootsRule {
+    roots: DataRoots,
+}
+
+impl RootsRule {
+    fn check_source(
+        &self,
+        name: &str,
+        source: &Arc<dyn datafusion::logical_expr::TableSource>,
+    ) -> DfResult<()> {
+        let Ok(provider) = datafusion::datasource::default_table_source::source_as_provider(source)
+        else {
+            return Ok(());
+        };
+        if let Some(listing) =
+            provider.downcast_ref::<datafusion::datasource::listing::ListingTable>()
+        {
+            for url in listing.table_paths() {
+                self.roots.check(&format!("table {name}"), url.as_str())?;
+            }
+        } else if let Some(delta) = provider.downcast_ref::<crate::delta::DeltaTableProvider>() {
+            self.roots.check(&format!("table {name}"), delta.url().as_str())?;
+        }
+        Ok(())
+    }
+}
+
+impl datafusion::optimizer::AnalyzerRule for RootsRule {
+    fn analyze(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> DfResult<datafusion::logical_expr::LogicalPlan> {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        use datafusion::logical_expr::LogicalPlan;
+        let mut refused = None;
+        plan.apply_with_subqueries(|node| {
+            let checked = match node {
+                LogicalPlan::TableScan(scan) => {
+                    self.check_source(&scan.table_name.to_string(), &scan.source)
+                }
+                LogicalPlan::Dml(dml) => {
+                    self.check_source(&dml.table_name.to_string(), &dml.target)
+                }
+                LogicalPlan::Copy(copy) => self.roots.check("COPY TO", &copy.output_url),
+                _ => Ok(()),
+            };
+            Ok(match checked {
+                Ok(()) => TreeNodeRecursion::Continue,
+                Err(e) => {
+                    refused = Some(e);
+                    TreeNodeRecursion::Stop
+                }
+            })
+        })?;
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(plan),
+        }
+    }
+
+    fn name(&self) -> &str {
+        "sluice_data_roots"
+    }
+}
+
+/// Refuses a physical plan that would read a local file outside the roots,
+/// each file's path resolved (links followed) when the scan is planned.
+#[derive(Debug)]
+pub struct RootsFilesRule {
+    roots: DataRoots,
+}
+
+impl datafusion::physical_optimizer::PhysicalOptimizerRule for RootsFilesRule {
+    fn optimize(
+        &self,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        _config: &datafusion::config::ConfigOptions,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+        use datafusion::datasource::physical_plan::FileScanConfig;
+        use datafusion::datasource::source::DataSourceExec;
+        plan.apply(|node| {
+            let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            let Some(scan) = exec.data_source().downcast_ref::<FileScanConfig>() else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            if !scan.object_store_url.as_str().starts_with("file://") {
+                return Ok(TreeNodeRecursion::Continue);
+            }
+            for group in &scan.file_groups {
+                for file in group.iter() {
+                    let path = format!("/{}", file.object_meta.location);
+                    self.roots.check("scan", &path)?;
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        Ok(plan)
+    }
+
+    fn name(&self) -> &str {
+        "sluice_data_roots_files"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Adds [`RootsRule`] and [`RootsFilesRule`] to `state` when `roots`
+/// restricts anything.
+pub fn guard_plans(state: &mut datafusion::execution::SessionState, roots: &DataRoots) {
+    if !roots.is_restricted() {
+        return;
+    }
+    state.add_analyzer_rule(Arc::new(RootsRule { roots: roots.clone() }));
+    let mut rules = state.physical_optimizers().to_vec();
+    rules.push(Arc::new(RootsFilesRule { roots: roots.clone() }));
+    *state = datafusion::execution::SessionStateBuilder::new_from_existing(state.clone())
+        .with_physical_optimizer_rules(rules)
+        .build();
 }
 
 /// A table factory that checks `CREATE EXTERNAL TABLE … LOCATION` first.

@@ -136,6 +136,7 @@ pub fn scheduler_session_builder(
     move |config| {
         let mut state = scheduler_session_state(config)?;
         crate::roots::guard_factories(state.table_factories_mut(), &roots);
+        crate::roots::guard_plans(&mut state, &roots);
         if let Some(catalog) = &catalog {
             let schema =
                 crate::catalog::CatalogSchema::new(catalog.clone(), state.runtime_env().clone())

@@ -745,3 +745,62 @@ fn flight_sql_sessions_see_datafusion_errors() {
         assert!(!error.contains(wrapper), "{wrapper:?} in {error}");
     }
 }
+
+/// Finding 7 (issue 17): the data roots hold for every plan the scheduler
+/// runs, not only for tables named through Flight SQL and the catalog: a plan
+/// submitted on the scheduler port (admin token) that scans a file outside
+/// the roots is refused, and a symbolic link inside a registered table's
+/// folder to a file outside is refused when the scan is planned (on main the
+/// first returned the file's rows and the second read through the link).
+#[test]
+fn data_roots_hold_for_scheduler_port_plans_and_links_out_of_a_table() {
+    let setup = Setup::new();
+    let data = setup.data();
+    std::fs::create_dir_all(data.join("inside")).expect("dir");
+    std::fs::write(data.join("inside/part-0.csv"), "id,secret\n1,public\n").expect("inside");
+    // Outside the root (its parent folder holds the token files).
+    let outside = setup.path("outside.csv");
+    std::fs::write(&outside, "id,secret\n2,top-secret\n").expect("outside");
+    let (cluster, flight) = setup.start(1);
+    let sql_on_port = |table: &str| {
+        Command::new(bin("sluice"))
+            .args(["sql", "--scheduler", cluster.scheduler_addr(), "--format", "csv"])
+            .args(["--table", table, "SELECT * FROM t"])
+            .arg("--token-file")
+            .arg(setup.path("admin.token"))
+            .env_remove("SLUICE_SCHEDULER")
+            .env_remove("SLUICE_TOKEN")
+            .output()
+            .expect("run sluice")
+    };
+    let inside = sql_on_port(&format!("t={}", data.join("inside/part-0.csv").display()));
+    assert_ok(&inside, "a plan inside the roots");
+    assert!(String::from_utf8_lossy(&inside.stdout).contains("public"));
+    let refused = sql_on_port(&format!("t={}", outside.display()));
+    let stdout = String::from_utf8_lossy(&refused.stdout);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && !stdout.contains("top-secret"), "read outside: {stdout}");
+    assert!(stderr.contains("outside the data roots"), "{stderr}");
+
+    // A link in a table's folder to a file outside the root.
+    std::fs::create_dir_all(data.join("linked")).expect("dir");
+    std::fs::write(data.join("linked/part-0.csv"), "id,secret\n3,fine\n").expect("part");
+    std::os::unix::fs::symlink(&outside, data.join("linked/part-1.csv")).expect("symlink");
+    let linked = data.join("linked").display().to_string();
+    assert_ok(
+        &setup.sluice(&flight, &["table", "register", "linked", &linked, "--format", "csv"]),
+        "register linked",
+    );
+    let (reply, refused) = setup.adbc(
+        &flight,
+        Some(READ),
+        Tls::TrustTestCa,
+        &["error", "--sql", "SELECT * FROM linked"],
+    );
+    assert!(refused, "read through a link out of the root: {reply}");
+    assert!(
+        reply["error"].as_str().unwrap_or_default().contains("outside the data roots"),
+        "{reply}"
+    );
+    assert!(!reply.to_string().contains("top-secret"), "{reply}");
+}

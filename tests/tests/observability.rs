@@ -184,7 +184,25 @@ fn prometheus_and_the_keda_scaler_follow_a_backfill() {
     targets.extend(executor_metrics.iter().cloned());
     let prometheus = Prometheus::start(tmp.path(), &targets);
 
-    // Follow the scaler through the backfill.
+    // Follow the scaler through the backfill: polling IsActive and
+    // GetMetrics, and on one StreamIsActive stream (answers at each change).
+    let streamed: Arc<std::sync::Mutex<Vec<bool>>> = Arc::default();
+    let stream_rt = sluice_proto::runtime().expect("runtime");
+    {
+        let (streamed, sched) = (Arc::clone(&streamed), sched.clone());
+        stream_rt.spawn(async move {
+            let mut client = ExternalScalerClient::connect(format!("http://{sched}"))
+                .await
+                .expect("scaler stream");
+            let object = ScaledObjectRef { name: "sluice-executors".into(), ..Default::default() };
+            let mut stream = client.stream_is_active(object).await.expect("stream").into_inner();
+            while let Ok(Some(answer)) = stream.message().await {
+                if let Ok(mut s) = streamed.lock() {
+                    s.push(answer.result);
+                }
+            }
+        });
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let follower = {
         let (stop, sched) = (Arc::clone(&stop), sched.clone());
@@ -246,6 +264,13 @@ fn prometheus_and_the_keda_scaler_follow_a_backfill() {
     });
     stop.store(true, Ordering::Relaxed);
     let seen = follower.join().expect("follower");
+    let streamed = poll("StreamIsActive went inactive again", Duration::from_secs(30), || {
+        let s = streamed.lock().ok()?.clone();
+        (s.len() >= 3 && s.last() == Some(&false)).then_some(s)
+    });
+    assert_eq!(streamed.first(), Some(&false), "idle at first: {streamed:?}");
+    assert!(streamed.contains(&true), "never active on the stream: {streamed:?}");
+    assert!(streamed.windows(2).all(|w| w[0] != w[1]), "answers only at changes: {streamed:?}");
     let peak = seen.iter().map(|(v, _)| *v).fold(0.0, f64::max);
     assert!(peak >= 1.0, "the scaler never asked for executors: {seen:?}");
     assert!(seen.iter().any(|(_, active)| *active), "never active: {seen:?}");

@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/tables.proto",
         "proto/sluice/v1/backfill.proto",
         "proto/sluice/v1/catalog.proto",
+        "proto/sluice/v1/drain.proto",
         // KEDA's external scaler protocol (served by the leader scheduler).
         "proto/externalscaler/externalscaler.proto",
     ];

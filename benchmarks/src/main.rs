@@ -15,6 +15,7 @@
 //! and throughput through the Flight SQL endpoint (see `flight.rs`);
 //! `failover` measures leader failover on a real etcd (see `failover.rs`).
 
+mod drain;
 mod failover;
 mod flight;
 mod skew;
@@ -44,6 +45,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// Spot drain: a backfill undisturbed, with an executor drained
+    /// (SIGTERM) mid-chunk, and with it SIGKILLed: wall time and recomputed tasks.
+    Drain {
+        #[arg(long, default_value_t = 20_000)]
+        users: u64,
+        #[arg(long, default_value_t = 120)]
+        days: u32,
+        /// Runs of each kind; the fastest is reported.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        #[arg(long, default_value_t = 25)]
+        deadline_seconds: u64,
+    },
     /// TPC-H: local DataFusion vs a scheduler + executors process cluster.
     Tpch {
         #[arg(long, default_value_t = 1.0)]
@@ -166,6 +180,9 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Bench::Drain { users, days, runs, deadline_seconds } => {
+            drain::run(&drain::DrainBench { users, days, runs: runs.max(1), deadline_seconds })
+        }
         Bench::Storage { users, dates, chunk_days, iterations, executors, vcores } => {
             storage::run_bench(&storage::StorageBench {
                 users,

@@ -189,6 +189,61 @@ fn follow_again(s: &tonic::Status) -> bool {
     matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
 }
 
+/// A gRPC channel to `scheduler` (over the cluster's TLS when
+/// `SLUICE_CLUSTER_*` name client credentials).
+///
+/// # Errors
+/// [`Error::SchedulerUnreachable`].
+pub async fn scheduler_channel(scheduler: &HostPort) -> Result<tonic::transport::Channel> {
+    let unreachable =
+        |e: String| Error::SchedulerUnreachable { addr: scheduler.clone(), reason: e };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(scheduler.http_url())
+        .map_err(|e| unreachable(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = crate::connect::cluster_tls_from_env()? {
+        endpoint = tls.secure_endpoint(endpoint).map_err(|e| unreachable(e.to_string()))?;
+    }
+    endpoint.connect().await.map_err(|e| unreachable(e.to_string()))
+}
+
+/// The scheduler `target` names (a cluster's leader).
+///
+/// # Errors
+/// As [`scheduler_channel`]; [`Error::Usage`] for targets without one.
+pub async fn scheduler_of(target: &Target) -> Result<HostPort> {
+    match target {
+        Target::Scheduler(addr) => Ok(addr.clone()),
+        Target::Cluster(cluster) => {
+            crate::connect::reachable_leader(cluster, crate::connect::LEADER_WAIT).await
+        }
+        Target::Standalone | Target::Local => Err(Error::Usage(
+            "this needs a cluster: pass --scheduler HOST:PORT or --etcd-endpoints URL (an embedded cluster ends with the command that started it)".into(),
+        )),
+    }
+}
+
+/// Asks the scheduler of `target` to drain executor `id` (scale-in): it
+/// takes no new task, finishes its running ones, moves its shuffle output to
+/// peers and exits. Returns whether it was draining already.
+///
+/// # Errors
+/// [`Error::Usage`] for an executor the scheduler does not know; as
+/// [`scheduler_channel`].
+pub async fn drain_executor(target: &Target, token: Option<&str>, id: &str) -> Result<bool> {
+    let scheduler = scheduler_of(target).await?;
+    let mut client =
+        sluice_proto::pb::drain_service_client::DrainServiceClient::new(scheduler_channel(&scheduler).await?);
+    let mut request =
+        tonic::Request::new(sluice_proto::pb::DrainExecutorRequest { executor_id: id.to_string() });
+    if let Some(token) = token
+        && let Ok(value) = format!("Bearer {token}").parse()
+    {
+        request.metadata_mut().insert("authorization", value);
+    }
+    let reply = client.drain(request).await.map_err(|s| from_status(&s))?;
+    Ok(reply.into_inner().already)
+}
+
 /// The backfill service of a scheduler, `token` sent on every call.
 pub struct Service {
     client: BackfillServiceClient<tonic::transport::Channel>,
@@ -202,15 +257,7 @@ impl Service {
     /// # Errors
     /// [`Error::SchedulerUnreachable`].
     pub async fn connect(scheduler: &HostPort, token: Option<&str>) -> Result<Self> {
-        let unreachable =
-            |e: String| Error::SchedulerUnreachable { addr: scheduler.clone(), reason: e };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(scheduler.http_url())
-            .map_err(|e| unreachable(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(tls) = crate::connect::cluster_tls_from_env()? {
-            endpoint = tls.secure_endpoint(endpoint).map_err(|e| unreachable(e.to_string()))?;
-        }
-        let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
+        let channel = scheduler_channel(scheduler).await?;
         Ok(Self {
             client: BackfillServiceClient::new(channel),
             token: token.map(str::to_string),
@@ -223,16 +270,7 @@ impl Service {
     /// # Errors
     /// As [`Service::connect`]; [`Error::Usage`] for targets without one.
     pub async fn of(target: &Target, token: Option<&str>) -> Result<Self> {
-        match target {
-            Target::Scheduler(addr) => Self::connect(addr, token).await,
-            Target::Cluster(cluster) => {
-                let leader = crate::connect::reachable_leader(cluster, crate::connect::LEADER_WAIT).await?;
-                Self::connect(&leader, token).await
-            }
-            Target::Standalone | Target::Local => Err(Error::Usage(
-                "this needs a cluster: pass --scheduler HOST:PORT or --etcd-endpoints URL (an embedded cluster ends with the command that started it)".into(),
-            )),
-        }
+        Self::connect(&scheduler_of(target).await?, token).await
     }
 
     fn req<T>(&self, message: T) -> tonic::Request<T> {

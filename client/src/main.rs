@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         what: cli::cluster::ClusterCommand,
     },
+    /// Executors of a running cluster.
+    Executor {
+        #[command(subcommand)]
+        what: cli::cluster::ExecutorCommand,
+    },
     /// Start an embedded cluster, generate churn data, backfill churn features (quality report, sample rows, point-in-time check), then check TPC-H queries against DataFusion.
     #[command(
         after_help = "Examples:\n  sluice demo\n  sluice demo --users 5000 --data-dir /tmp/sluice-demo"
@@ -65,6 +70,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Sql(args) => cli::sql::run(args).await,
         Command::Table { what } => cli::table::run(what).await,
         Command::Cluster { what } => cli::cluster::run(what).await,
+        Command::Executor { what } => cli::cluster::run_executor(what).await,
         Command::Gen { what } => cli::datagen::run(what).await,
         Command::Backfill(args) => cli::backfill::run(args).await,
         Command::Demo(args) => cli::demo::run(args).await,

@@ -140,16 +140,27 @@ pub fn render(status: &ClusterStatus) -> String {
             "ID", "FLIGHT", "SLOTS", "SCHEDULER"
         );
     }
+    let draining: &[sluice_scheduler::ha::DrainingExecutor] =
+        status.leader_status.as_ref().map_or(&[], |s| s.draining.as_slice());
     for e in &status.executors {
         let keep_alive = match (e.last_keep_alive_seconds_ago, e.lease_ttl_seconds) {
             (Some(ago), Some(ttl)) => format!("{ago}s ago (TTL {ttl}s)"),
             _ => "lease expired".to_string(),
         };
+        let drain = draining
+            .iter()
+            .find(|d| d.id == e.record.id)
+            .map(|d| format!("  DRAINING ({})", d.reason))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {:<38} {:<22} {:>6}  {:<22} {keep_alive}",
+            "  {:<38} {:<22} {:>6}  {:<22} {keep_alive}{drain}",
             e.record.id, e.record.flight, e.record.vcores, e.record.scheduler
         );
+    }
+    if !draining.is_empty() {
+        let ids: Vec<&str> = draining.iter().map(|d| d.id.as_str()).collect();
+        let _ = writeln!(out, "draining   {} ({}): they take no task", draining.len(), ids.join(", "));
     }
     let running: Vec<_> =
         status.backfills.iter().filter(|b| b.state.starts_with("running")).collect();

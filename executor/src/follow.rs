@@ -29,7 +29,6 @@ use crate::error::{Error, Result};
 use crate::{ExecutorConfig, RunningExecutor};
 
 /// How long a stopping executor may drain its running tasks.
-const DRAIN_GRACE: Duration = Duration::from_secs(60);
 
 async fn grant(
     target: &EtcdTarget,
@@ -192,14 +191,18 @@ pub async fn follow(
             first = false;
         }
         let stop_task = running.abort_handle();
+        let drainer = running.drainer();
+        let _work_dir = running.temp_dir();
         let mut wait = std::pin::pin!(running.wait());
         tokio::select! {
             () = sluice_proto::until_true(&mut shutdown) => {
-                // Ballista's executor saw the same signal and drains its
-                // tasks; give it the grace period, then leave the cluster.
-                if tokio::time::timeout(DRAIN_GRACE, &mut wait).await.is_err() {
-                    tracing::warn!(grace = ?DRAIN_GRACE, "executor did not drain in time; stopping it");
-                }
+                // Ballista's executor saw the same signal and stops taking
+                // tasks; drain within the deadline, then leave the cluster.
+                let deadline = Duration::from_secs(config.drain_deadline_seconds);
+                let outcome = drainer
+                    .run(deadline, "SIGTERM", crate::drain::stop_ballista, wait.as_mut())
+                    .await;
+                println!("{}", outcome.summary());
                 let _ = client.clone().delete(key, None).await;
                 lease.revoke(&client).await;
                 stop_task.abort();

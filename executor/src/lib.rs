@@ -7,10 +7,13 @@
 //! session configuration, so `sluice.*` and `s3.*` settings sent by clients
 //! are understood here.
 
+pub mod drain;
 pub mod engine;
 pub mod error;
 pub mod follow;
+pub mod handoff;
 pub mod metrics;
+pub mod serving;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -63,6 +66,9 @@ pub struct ExecutorConfig {
     /// Serve Prometheus `/metrics` on this port of the bind host (0: a free
     /// port); none: no metrics server.
     pub metrics_port: Option<u16>,
+    /// On SIGTERM, exit within this many seconds: finish running tasks,
+    /// move shuffle output to peers, hand the rest back.
+    pub drain_deadline_seconds: u64,
 }
 
 impl Default for ExecutorConfig {
@@ -82,6 +88,7 @@ impl Default for ExecutorConfig {
             cluster_cert: None,
             cluster_key: None,
             metrics_port: None,
+            drain_deadline_seconds: drain::DEFAULT_DEADLINE_SECONDS,
         }
     }
 }
@@ -94,6 +101,12 @@ pub struct RunningExecutor {
     pub grpc_port: u16,
     /// Task slots it advertises.
     pub vcores: usize,
+    /// Where its shuffle output is.
+    pub work_dir: PathBuf,
+    scheduler: HostPort,
+    tls: Option<ClusterTls>,
+    /// The work folder, when it is a temporary one (removed on drop).
+    _temp: Option<Arc<tempfile::TempDir>>,
     task: JoinHandle<ballista_core::error::Result<()>>,
 }
 
@@ -114,6 +127,21 @@ impl RunningExecutor {
 
     pub fn abort(&self) {
         self.task.abort();
+    }
+
+    /// What draining this executor needs.
+    pub fn drainer(&self) -> drain::Drainer {
+        drain::Drainer {
+            executor_id: self.id.clone(),
+            scheduler: self.scheduler.clone(),
+            tls: self.tls.clone(),
+            work_dir: self.work_dir.clone(),
+        }
+    }
+
+    /// The temporary work folder, kept alive by the caller after `wait`.
+    pub fn temp_dir(&self) -> Option<Arc<tempfile::TempDir>> {
+        self._temp.clone()
     }
 
     /// A handle that stops the executor's task.
@@ -149,28 +177,42 @@ impl ExecutorConfig {
     }
 }
 
-/// The executor's Arrow Flight service (shuffle and result fetches) over
-/// the cluster's mutual TLS: only holders of a cluster certificate may read.
-fn tls_flight_service(tls: ClusterTls) -> Arc<ArrowFlightServerProvider> {
+/// The executor's Flight port: Ballista's Arrow Flight service (shuffle and
+/// result fetches) and Sluice's shuffle handoff (drains), over the cluster's
+/// mutual TLS when there is one (only holders of a cluster certificate may
+/// read or hand off).
+///
+/// It keeps serving after Ballista's executor stops (its shutdown signal is
+/// not followed): a draining executor's output stays readable until it has
+/// moved, and the process's exit ends the server.
+fn flight_service(tls: Option<ClusterTls>) -> Arc<ArrowFlightServerProvider> {
     let defaults = ExecutorProcessConfig::default();
     let (max_encoding, max_decoding) = (
         defaults.grpc_max_encoding_message_size as usize,
         defaults.grpc_max_decoding_message_size as usize,
     );
-    Arc::new(move |work_dir, address, mut shutdown, grpc_config| {
-        let tls = tls.tonic_server();
+    Arc::new(move |work_dir, address, _shutdown, grpc_config| {
+        let tls = tls.as_ref().map(ClusterTls::tonic_server);
         tokio::spawn(async move {
-            let server = ballista_core::utils::create_grpc_server(&grpc_config)
-                .tls_config(tls)
-                .map_err(ballista_core::error::BallistaError::TonicError)?;
-            tracing::info!(%address, "arrow flight server (cluster TLS) listening");
-            let service = FlightServiceServer::new(BallistaFlightService::new(work_dir))
+            let mut server = ballista_core::utils::create_grpc_server(&grpc_config);
+            if let Some(tls) = tls {
+                server = server
+                    .tls_config(tls)
+                    .map_err(ballista_core::error::BallistaError::TonicError)?;
+            }
+            tracing::info!(%address, "arrow flight server listening");
+            let handoff = sluice_proto::pb::shuffle_handoff_server::ShuffleHandoffServer::new(
+                handoff::HandoffService::new(work_dir.clone()),
+            )
+            .max_decoding_message_size(max_decoding);
+            let service =
+                FlightServiceServer::new(serving::TrackedFlight::new(BallistaFlightService::new(work_dir)))
                 .max_decoding_message_size(max_decoding)
                 .max_encoding_message_size(max_encoding);
-            let mut server = server;
             server
                 .add_service(service)
-                .serve_with_shutdown(address, shutdown.recv())
+                .add_service(handoff)
+                .serve(address)
                 .await
                 .map_err(ballista_core::error::BallistaError::TonicError)
         })
@@ -196,16 +238,28 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
         if config.bind.port == 0 { free_port(&host).map_err(bind_err)? } else { config.bind.port };
     let grpc_port =
         if config.grpc_port == 0 { free_port(&host).map_err(bind_err)? } else { config.grpc_port };
-    if let Some(dir) = &config.work_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| Error::WorkDir { path: dir.clone(), source })?;
-    }
+    // The work folder is known here (not left to Ballista) so that a drain
+    // can find the shuffle output in it.
+    let (work_path, temp) = match &config.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| Error::WorkDir { path: dir.clone(), source })?;
+            (dir.clone(), None)
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("sluice-executor-")
+                .tempdir()
+                .map_err(|source| Error::WorkDir { path: std::env::temp_dir(), source })?;
+            (temp.path().to_path_buf(), Some(Arc::new(temp)))
+        }
+    };
     let advertise_host = config.advertise_host.clone().unwrap_or_else(|| match host.as_str() {
         "0.0.0.0" | "::" => "127.0.0.1".to_string(),
         other => other.to_string(),
     });
-    let work_dir = config.work_dir.as_ref().map(|p| p.to_string_lossy().into_owned());
-    let spill_dir = config.work_dir.clone();
+    let work_dir = Some(work_path.to_string_lossy().into_owned());
+    let spill_dir = Some(work_path.clone());
     let runtime_producer: ballista_core::RuntimeProducer = Arc::new(move |session_config| {
         sluice_sql::session::runtime_env(session_config, spill_dir.as_deref())
     });
@@ -233,7 +287,7 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
         override_create_grpc_client_endpoint: tls
             .as_ref()
             .map(sluice_sql::session::endpoint_override),
-        override_arrow_flight_service: tls.clone().map(tls_flight_service),
+        override_arrow_flight_service: Some(flight_service(tls.clone())),
         work_dir,
         executor_heartbeat_interval_seconds: config.heartbeat_interval_seconds,
         memory_pool_size: config.memory_limit.map(|b| b.as_u64()),
@@ -266,5 +320,17 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
     let id = process_config.executor_id.clone();
     tracing::info!(executor_id = %id, flight_port = port, grpc_port, vcores, "executor starting");
     let task = tokio::spawn(start_executor_process(Arc::new(process_config)));
-    Ok(RunningExecutor { id, flight: HostPort::new(advertise_host, port), grpc_port, vcores, task })
+    let running = RunningExecutor {
+        id,
+        flight: HostPort::new(advertise_host, port),
+        grpc_port,
+        vcores,
+        work_dir: work_path,
+        scheduler: config.scheduler.clone(),
+        tls,
+        _temp: temp,
+        task,
+    };
+    tokio::spawn(drain::watch_requests(running.drainer()));
+    Ok(running)
 }

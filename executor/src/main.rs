@@ -93,6 +93,12 @@ struct Args {
     /// Its private key (PEM, mode 0600).
     #[arg(long, env = "SLUICE_ETCD_KEY", value_name = "FILE", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
+    /// On SIGTERM (a spot notice, a scale-in), exit 0 within this many
+    /// seconds: take no new task, finish running ones, move finished shuffle
+    /// output to a live peer, hand the rest back. Keep it inside the
+    /// notice (and the pod's termination grace period).
+    #[arg(long, env = "SLUICE_DRAIN_DEADLINE_SECONDS", value_name = "SECONDS")]
+    drain_deadline: Option<u64>,
     /// TOML config file with the same keys in kebab-case (e.g. `memory-limit = "2GiB"`).
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -195,6 +201,12 @@ fn config_from(args: Args) -> Result<ExecutorConfig, String> {
     if let Some(v) = args.cluster_key {
         config.cluster_key = Some(v);
     }
+    if let Some(v) = args.drain_deadline {
+        if v == 0 {
+            return Err("--drain-deadline must be at least 1 second".to_string());
+        }
+        config.drain_deadline_seconds = v;
+    }
     if let Some(v) = args.heartbeat_interval_seconds {
         if v == 0 {
             return Err("--heartbeat-interval-seconds must be at least 1".to_string());
@@ -205,6 +217,12 @@ fn config_from(args: Args) -> Result<ExecutorConfig, String> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: SIGTERM is taken by one thread and turned
+    // into a drain (see `drain::Sigterm`).
+    if let Err(e) = sluice_executor::drain::block_sigterm() {
+        eprintln!("error: cannot block SIGTERM: {e}");
+        return ExitCode::from(1);
+    }
     sluice_proto::block_on_main(run())
 }
 
@@ -258,6 +276,9 @@ async fn run() -> ExitCode {
         };
         return run_following(&config, follow, metrics).await;
     }
+    // Registered before the executor starts, so no signal is missed.
+    let sigterm = sluice_executor::drain::Sigterm::listen();
+    let stop = stop_signal(&sigterm);
     let running = match sluice_executor::start(&config).await {
         Ok(r) => r,
         Err(e) => {
@@ -266,14 +287,36 @@ async fn run() -> ExitCode {
         }
     };
     announce(&running, metrics);
-    // Ballista's executor handles SIGTERM/Ctrl-C itself: it tells the
-    // scheduler it is stopping, drains its tasks and returns.
-    match running.wait().await {
+    let drainer = running.drainer();
+    let _work_dir = running.temp_dir();
+    let mut wait = std::pin::pin!(running.wait());
+    let result = tokio::select! {
+        result = wait.as_mut() => result,
+        () = stop => {
+            // Ballista's executor saw the signal too: it stops taking tasks.
+            // Drain within the deadline and exit 0.
+            let deadline = std::time::Duration::from_secs(config.drain_deadline_seconds);
+            let outcome = drainer
+                .run(deadline, "SIGTERM", sluice_executor::drain::stop_ballista, wait.as_mut())
+                .await;
+            println!("{}", outcome.summary());
+            return ExitCode::SUCCESS;
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.class().exit_code() as u8)
         }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+fn stop_signal(sigterm: &sluice_executor::drain::Sigterm) -> impl std::future::Future<Output = ()> + '_ {
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        tokio::select! { _ = ctrl_c => {}, () = sigterm.received() => {} }
     }
 }
 
@@ -297,18 +340,11 @@ async fn run_following(
     metrics: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let sigterm = sluice_executor::drain::Sigterm::listen();
     tokio::spawn(async move {
-        // While a term runs, Ballista's executor also sees the signal and
-        // drains; between terms this stops the wait for a leader.
-        let ctrl_c = tokio::signal::ctrl_c();
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+        // While a term runs, this starts its drain; between terms it stops
+        // the wait for a leader.
+        stop_signal(&sigterm).await;
         let _ = stop.send(true);
     });
     let announce = move |running: &sluice_executor::RunningExecutor| announce(running, metrics);

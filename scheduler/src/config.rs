@@ -34,6 +34,10 @@ pub struct SchedulerProcessConfig {
     /// A job with no task running or waiting for this long, yet not
     /// finished, is failed rather than left waiting (see `watchdog`).
     pub job_stall_timeout_seconds: u64,
+    /// The handoff rate a drain plan counts on per peer (bytes per second):
+    /// outputs that cannot all move in the time left at this rate are
+    /// recomputed instead (see `drain::plan_moves`).
+    pub drain_handoff_bytes_per_second: u64,
     /// Writes Ballista's per-job event log (JSON lines) here when set.
     pub event_log_dir: Option<String>,
     /// Serve Arrow Flight SQL for clients on this address (a port of its
@@ -101,6 +105,7 @@ impl Default for SchedulerProcessConfig {
             task_max_failures: 4,
             stage_max_failures: 4,
             job_stall_timeout_seconds: 30,
+            drain_handoff_bytes_per_second: crate::drain::HANDOFF_BYTES_PER_SECOND,
             event_log_dir: None,
             flight_sql_bind: None,
             auth_token_file: None,

@@ -69,9 +69,15 @@ enum Need {
     Admin,
 }
 
+/// Drain calls executors make (`Drain`, asking one to drain, is an admin's).
+const DRAIN_PREFIX: &str = "/sluice.v1.DrainService/";
+const DRAIN_EXECUTOR_METHODS: &[&str] = &["Begin", "Plan", "Finish", "Check"];
+
 fn need(method: &Method, path: &str) -> Need {
     if let Some(rpc) = path.strip_prefix(GRPC_PREFIX) {
         if EXECUTOR_METHODS.contains(&rpc) { Need::Executor } else { Need::Admin }
+    } else if let Some(rpc) = path.strip_prefix(DRAIN_PREFIX) {
+        if DRAIN_EXECUTOR_METHODS.contains(&rpc) { Need::Executor } else { Need::Admin }
     } else if path == "/healthz"
         || path == "/readyz"
         || path == "/metrics"
@@ -212,15 +218,21 @@ pub(crate) async fn serve(
         crate::backfill::BackfillGrpc,
     >,
     load: crate::load::LoadSource,
+    drains: crate::drain::Drains,
 ) -> std::io::Result<()> {
     let listener = ClusterListener::new(listener, tls.as_ref())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let config = scheduler.state.config.clone();
-    let grpc = SchedulerGrpcServer::new(GuardedScheduler::new(scheduler.clone(), tls.is_some()))
+    let guarded = GuardedScheduler::new(scheduler.clone(), tls.is_some(), drains.clone());
+    let drain = sluice_proto::pb::drain_service_server::DrainServiceServer::new(
+        crate::drain::DrainGrpc { guard: guarded.clone(), drains },
+    );
+    let grpc = SchedulerGrpcServer::new(guarded)
         .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
         .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);
     let mut routes = RoutesBuilder::default();
     routes.add_service(grpc);
+    routes.add_service(drain);
     routes.add_service(backfills);
     routes.add_service(crate::scaler::service(load.clone()));
     let scheduler = Arc::new(scheduler);

@@ -50,16 +50,41 @@ pub struct GuardedScheduler {
     /// Executor id → the certificate name that first used it (cluster TLS only).
     bindings: Arc<Mutex<HashMap<String, String>>>,
     cluster_tls: bool,
+    drains: crate::drain::Drains,
 }
 
 impl GuardedScheduler {
-    pub fn new(inner: Scheduler, cluster_tls: bool) -> Self {
-        Self { inner, bindings: Arc::default(), cluster_tls }
+    pub fn new(inner: Scheduler, cluster_tls: bool, drains: crate::drain::Drains) -> Self {
+        Self { inner, bindings: Arc::default(), cluster_tls, drains }
+    }
+
+    pub(crate) fn scheduler(&self) -> &Scheduler {
+        &self.inner
+    }
+
+    /// Counts stage attempts after the first among reported statuses.
+    fn record_attempts(&self, statuses: &[TaskStatus]) {
+        use ballista_core::serde::protobuf::task_status::Status as S;
+        for s in statuses {
+            let ok = matches!(s.status, Some(S::Successful(_)));
+            self.drains.record_attempt(&s.job_id, s.stage_id, s.stage_attempt_num, ok);
+        }
+    }
+
+    /// Before tasks are handed out: readers of drained executors' outputs
+    /// read from the peers holding the copies; finished ghosts are released.
+    async fn redirect(&self) {
+        let jobs = self.inner.state.task_manager.get_running_job_cache();
+        let redirects = self.drains.redirects();
+        if !redirects.is_empty() {
+            crate::drain::redirect_jobs(&jobs, &redirects).await;
+            self.drains.release_finished(&jobs.keys().map(|k| k.to_string()).collect());
+        }
     }
 
     /// With cluster TLS: the caller's certificate must be an executor's and
     /// `executor_id` must be bound to it (binding it on first use).
-    fn authorize<T>(&self, request: &Request<T>, executor_id: &str) -> Result<(), Status> {
+    pub(crate) fn authorize<T>(&self, request: &Request<T>, executor_id: &str) -> Result<(), Status> {
         if !self.cluster_tls {
             return Ok(());
         }
@@ -158,7 +183,14 @@ impl SchedulerGrpc for GuardedScheduler {
         self.authorize(&request, &id)?;
         let mut request = request;
         let statuses = std::mem::take(&mut request.get_mut().task_status);
-        request.get_mut().task_status = self.assigned(&id, statuses).await;
+        let statuses = self.assigned(&id, statuses).await;
+        self.record_attempts(&statuses);
+        request.get_mut().task_status = statuses;
+        if self.drains.excluded(&id) {
+            // Draining: report its statuses, take no new task.
+            request.get_mut().num_free_vcores = 0;
+        }
+        self.redirect().await;
         self.inner.poll_work(request).await
     }
 
@@ -182,6 +214,15 @@ impl SchedulerGrpc for GuardedScheduler {
         }
         let id = params.executor_id.clone();
         self.authorize(&request, &id)?;
+        let terminating = matches!(
+            params.status.as_ref().and_then(|s| s.status.as_ref()),
+            Some(ballista_core::serde::protobuf::executor_status::Status::Terminating(_))
+        );
+        if terminating {
+            // Ballista's executor says this first on SIGTERM: drain it
+            // (its own Begin call, with its deadline, may come before or after).
+            self.drains.begin(&id, 0, "stopping (Terminating heartbeat)");
+        }
         self.inner.heart_beat_from_executor(request).await
     }
 
@@ -193,8 +234,13 @@ impl SchedulerGrpc for GuardedScheduler {
         self.authorize(&request, &id)?;
         let mut request = request;
         let statuses = std::mem::take(&mut request.get_mut().task_status);
-        request.get_mut().task_status = self.assigned(&id, statuses).await;
-        self.inner.update_task_status(request).await
+        let statuses = self.assigned(&id, statuses).await;
+        self.record_attempts(&statuses);
+        request.get_mut().task_status = statuses;
+        let response = self.inner.update_task_status(request).await;
+        // Push mode: tasks were just freed or bound; keep readers pointed right.
+        self.redirect().await;
+        response
     }
 
     async fn executor_stopped(
@@ -203,6 +249,12 @@ impl SchedulerGrpc for GuardedScheduler {
     ) -> Result<Response<ExecutorStoppedResult>, Status> {
         let id = request.get_ref().executor_id.clone();
         self.authorize(&request, &id)?;
+        if self.drains.excluded(&id) {
+            // A draining executor is removed when its drain ends, not now:
+            // removing it would recompute every output it holds.
+            tracing::info!(executor_id = %id, "executor stopping: draining it instead of removing it");
+            return Ok(Response::new(ExecutorStoppedResult {}));
+        }
         self.inner.executor_stopped(request).await
     }
 
@@ -240,7 +292,12 @@ impl SchedulerGrpc for GuardedScheduler {
         &self,
         request: Request<GetJobStatusParams>,
     ) -> Result<Response<GetJobStatusResult>, Status> {
-        self.inner.get_job_status(request).await
+        let mut response = self.inner.get_job_status(request).await?;
+        let redirects = self.drains.redirects();
+        if !redirects.is_empty() {
+            crate::drain::redirect_status(response.get_mut(), &redirects);
+        }
+        Ok(response)
     }
 
     async fn get_job_metrics(

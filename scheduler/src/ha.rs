@@ -54,6 +54,16 @@ pub struct LeaderStatus {
     pub executors: usize,
     pub queued_jobs: usize,
     pub running_jobs: usize,
+    /// Executors draining (or drained, their outputs still read from
+    /// peers), with why; they take no task.
+    #[serde(default)]
+    pub draining: Vec<DrainingExecutor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainingExecutor {
+    pub id: String,
+    pub reason: String,
 }
 
 /// The key of [`LeaderStatus`].
@@ -330,6 +340,7 @@ async fn lead(
         me.id.clone(),
         elected_ms,
         scheduler,
+        running.drains.clone(),
     ));
     let end = tokio::select! {
         state = lease.ended() => TermEnd::SteppedDown(format!("etcd lease {state:?}")),
@@ -423,12 +434,23 @@ async fn publish_status(
     id: String,
     since_ms: u64,
     scheduler: Arc<crate::Scheduler>,
+    drains: crate::drain::Drains,
 ) {
     let mut client = client;
     loop {
-        let executors =
-            scheduler.state.executor_manager.get_executors_state().await.map_or(0, |e| e.len());
+        let draining: Vec<DrainingExecutor> = drains
+            .draining()
+            .into_iter()
+            .map(|(id, reason)| DrainingExecutor { id, reason })
+            .collect();
+        let executors = scheduler
+            .state
+            .executor_manager
+            .get_executors_state()
+            .await
+            .map_or(0, |e| e.iter().filter(|(m, _, _)| !drains.excluded(&m.id)).count());
         let status = LeaderStatus {
+            draining,
             id: id.clone(),
             since_ms,
             updated_ms: now_ms(),

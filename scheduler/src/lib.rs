@@ -13,6 +13,7 @@
 
 pub mod backfill;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod flight_sql;
 mod gate;
@@ -54,6 +55,8 @@ pub struct RunningScheduler {
     pub scheduler: Arc<Scheduler>,
     /// The backfills this scheduler runs (`BackfillService`).
     pub backfills: Arc<backfill::Hub>,
+    /// Executors draining (see `drain`).
+    pub drains: drain::Drains,
     watchdog: JoinHandle<()>,
 }
 
@@ -196,11 +199,13 @@ pub async fn start_on(
     let cluster = BallistaCluster::new_from_config(&ballista)
         .await
         .map_err(|source| Error::Server { source })?;
+    let drains = drain::Drains::new(lost.clone(), config.drain_handoff_bytes_per_second);
     let cluster = BallistaCluster::new(
         Arc::new(recovery::RecoveringClusterState::new(
             cluster.cluster_state(),
             cluster.job_state(),
             lost,
+            drains.clone(),
         )),
         cluster.job_state(),
     );
@@ -253,6 +258,7 @@ pub async fn start_on(
             load::Metrics::new()
                 .map_err(|e| Error::ConfigFile { path: "metrics".into(), reason: e.to_string() })?,
         ),
+        drains: drains.clone(),
     };
     let task = tokio::spawn(gate::serve(
         listener,
@@ -260,9 +266,11 @@ pub async fn start_on(
         tokens,
         tls,
         backfill::grpc_service(Arc::clone(&hub)),
-        load,
+        load.clone(),
+        drains.clone(),
     ));
     Ok(RunningScheduler {
+        drains,
         local_addr,
         endpoint,
         task,

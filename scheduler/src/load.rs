@@ -23,7 +23,11 @@ use crate::backfill::Hub;
 /// One reading of the cluster's load.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Load {
+    /// Live executors that take tasks (draining ones are not counted).
     pub executors: u64,
+    /// Executors draining, or drained while running jobs still read their
+    /// outputs from peers: they take no task.
+    pub executors_draining: u64,
     pub slots_total: u64,
     pub tasks_running: u64,
     pub tasks_pending: u64,
@@ -42,12 +46,17 @@ impl Load {
 }
 
 /// Reads the load now.
-pub async fn read(scheduler: &Scheduler, hub: &Hub) -> Load {
+pub async fn read(scheduler: &Scheduler, hub: &Hub, drains: &crate::drain::Drains) -> Load {
     let mut load = Load::default();
     if let Ok(executors) = scheduler.state.executor_manager.get_executors_state().await {
-        load.executors = executors.len() as u64;
-        load.slots_total =
-            executors.iter().map(|(m, _, _)| u64::from(m.specification.vcores)).sum();
+        for (meta, _, _) in &executors {
+            if drains.excluded(&meta.id) {
+                load.executors_draining += 1;
+            } else {
+                load.executors += 1;
+                load.slots_total += u64::from(meta.specification.vcores);
+            }
+        }
     }
     let jobs = scheduler.state.task_manager.get_running_job_cache();
     for (_, info) in jobs.iter() {
@@ -96,6 +105,8 @@ pub fn slots_per_executor(load: &Load) -> u64 {
 pub struct Metrics {
     registry: Registry,
     executors: IntGauge,
+    draining: IntGauge,
+    drain_events: IntCounterVec,
     slots: IntGaugeVec,
     tasks: IntGaugeVec,
     jobs: IntGaugeVec,
@@ -114,7 +125,23 @@ impl Metrics {
         let vec =
             |name: &str, help: &str, label: &str| IntGaugeVec::new(Opts::new(name, help), &[label]);
         let m = Self {
-            executors: gauge("executors_alive", "Executors registered with the leader.")?,
+            executors: gauge(
+                "executors_alive",
+                "Executors registered with the leader that take tasks (draining ones excluded).",
+            )?,
+            draining: gauge(
+                "executors_draining",
+                "Executors draining (or drained, their outputs still read from peers): no task goes to them.",
+            )?,
+            drain_events: IntCounterVec::new(
+                Opts::new(
+                    "drain_events_total",
+                    "Executor drains and what they saved or cost: started, moved (every needed output \
+                     moved to a peer), recomputed (left to recovery), outputs_moved, tasks_handed_back, \
+                     stage_reruns (stage attempts after the first, any cause), rerun_tasks (their successful tasks).",
+                ),
+                &["event"],
+            )?,
             slots: vec("slots", "Task slots of the live executors, by state.", "state")?,
             tasks: vec("tasks", "Tasks of running jobs, by state.", "state")?,
             jobs: vec("jobs", "Jobs on the leader, by state.", "state")?,
@@ -138,6 +165,8 @@ impl Metrics {
             registry,
         };
         m.registry.register(Box::new(m.executors.clone()))?;
+        m.registry.register(Box::new(m.draining.clone()))?;
+        m.registry.register(Box::new(m.drain_events.clone()))?;
         m.registry.register(Box::new(m.slots.clone()))?;
         m.registry.register(Box::new(m.tasks.clone()))?;
         m.registry.register(Box::new(m.jobs.clone()))?;
@@ -155,6 +184,7 @@ impl Metrics {
     pub fn render(&self, load: &Load) -> String {
         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.executors.set(n(load.executors));
+        self.draining.set(n(load.executors_draining));
         self.slots.with_label_values(&["total"]).set(n(load.slots_total));
         self.slots.with_label_values(&["free"]).set(n(load.slots_free()));
         self.tasks.with_label_values(&["running"]).set(n(load.tasks_running));
@@ -197,17 +227,40 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Carries the drain totals over (counters only grow).
+    pub fn sync_drains(&self, c: &crate::drain::Counters) {
+        for (event, total) in [
+            ("started", c.drains_started),
+            ("moved", c.drains_moved),
+            ("recomputed", c.drains_recomputed),
+            ("outputs_moved", c.outputs_moved),
+            ("tasks_handed_back", c.tasks_handed_back),
+            ("stage_reruns", c.stage_reruns),
+            ("rerun_tasks", c.rerun_tasks),
+        ] {
+            let counter = self.drain_events.with_label_values(&[event]);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+    }
+}
+
 /// What `/metrics` and the scaler read from.
 #[derive(Clone)]
 pub struct LoadSource {
     pub scheduler: Arc<Scheduler>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    pub drains: crate::drain::Drains,
 }
 
 impl LoadSource {
     pub async fn read(&self) -> Load {
-        read(&self.scheduler, &self.hub).await
+        self.metrics.sync_drains(&self.drains.counters());
+        read(&self.scheduler, &self.hub, &self.drains).await
     }
 }
 

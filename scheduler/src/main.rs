@@ -41,6 +41,12 @@ struct Args {
     /// before it is failed rather than left waiting forever (default 30).
     #[arg(long, value_name = "SECONDS")]
     job_stall_timeout_seconds: Option<u64>,
+    /// Per-peer rate a draining executor's handoff is planned at (bytes/s,
+    /// default 52428800 = 50 MiB/s): output that cannot all move in the time
+    /// left at this rate is recomputed instead. Set it to what one executor
+    /// can send another in your network.
+    #[arg(long, value_name = "BYTES_PER_SECOND")]
+    drain_handoff_bytes_per_second: Option<u64>,
     /// Directory for Ballista's per-job event logs.
     #[arg(long, value_name = "DIR")]
     event_log_dir: Option<String>,
@@ -133,6 +139,15 @@ fn config_from(args: Args) -> Result<SchedulerProcessConfig, sluice_scheduler::E
     }
     if let Some(v) = args.job_stall_timeout_seconds {
         config.job_stall_timeout_seconds = v;
+    }
+    if let Some(v) = args.drain_handoff_bytes_per_second {
+        if v == 0 {
+            return Err(sluice_scheduler::Error::ConfigFile {
+                path: "--drain-handoff-bytes-per-second".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        config.drain_handoff_bytes_per_second = v;
     }
     if let Some(v) = args.event_log_dir {
         config.event_log_dir = Some(v);

@@ -78,15 +78,32 @@ struct Books {
 /// under a new id; its late task reports are ignored by Ballista's dead-executor
 /// check).
 #[derive(Debug, Clone, Default)]
-pub struct LostExecutors(Arc<Mutex<HashSet<String>>>);
+pub struct LostExecutors {
+    lost: Arc<Mutex<HashSet<String>>>,
+    /// Draining executors: their lease ending is a planned exit, not a loss
+    /// (see `drain`).
+    spared: Arc<Mutex<HashSet<String>>>,
+}
 
 impl LostExecutors {
+    /// Declares `executor_id` lost, unless it is draining; true when newly lost.
     pub fn mark(&self, executor_id: &str) -> bool {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(executor_id.to_string())
+        if self.spared.lock().unwrap_or_else(PoisonError::into_inner).contains(executor_id) {
+            return false;
+        }
+        self.lost.lock().unwrap_or_else(PoisonError::into_inner).insert(executor_id.to_string())
     }
 
     pub fn contains(&self, executor_id: &str) -> bool {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).contains(executor_id)
+        self.lost.lock().unwrap_or_else(PoisonError::into_inner).contains(executor_id)
+    }
+
+    pub(crate) fn spare(&self, executor_id: &str) {
+        self.spared.lock().unwrap_or_else(PoisonError::into_inner).insert(executor_id.to_string());
+    }
+
+    pub(crate) fn unspare(&self, executor_id: &str) {
+        self.spared.lock().unwrap_or_else(PoisonError::into_inner).remove(executor_id);
     }
 
     fn refuse(&self, executor_id: &str) -> Result<()> {
@@ -107,11 +124,17 @@ pub struct RecoveringClusterState {
     jobs: Arc<dyn JobState>,
     books: Mutex<Books>,
     lost: LostExecutors,
+    drains: crate::drain::Drains,
 }
 
 impl RecoveringClusterState {
-    pub fn new(inner: Arc<dyn ClusterState>, jobs: Arc<dyn JobState>, lost: LostExecutors) -> Self {
-        Self { inner, jobs, books: Mutex::new(Books::default()), lost }
+    pub fn new(
+        inner: Arc<dyn ClusterState>,
+        jobs: Arc<dyn JobState>,
+        lost: LostExecutors,
+        drains: crate::drain::Drains,
+    ) -> Self {
+        Self { inner, jobs, books: Mutex::new(Books::default()), lost, drains }
     }
 
     fn books(&self) -> std::sync::MutexGuard<'_, Books> {
@@ -351,6 +374,31 @@ fn keep_written(
     before - locations.len()
 }
 
+impl RecoveringClusterState {
+    /// A lost executor's heartbeat reads as older than any timeout (the
+    /// reaper removes it next round); a draining one's (and a drained one
+    /// whose outputs are still read) as fresh and active, so that Ballista
+    /// neither removes it (resetting what it wrote) nor counts it stopping.
+    fn adjust(&self, id: &str, beat: &mut ExecutorHeartbeat) {
+        if self.lost.contains(id) {
+            beat.timestamp = 0;
+            return;
+        }
+        match self.drains.heartbeat(id) {
+            None => {}
+            Some(true) => {
+                beat.timestamp = ballista_scheduler::scheduler_server::timestamp_secs();
+                beat.status = Some(ballista_core::serde::protobuf::ExecutorStatus {
+                    status: Some(ballista_core::serde::protobuf::executor_status::Status::Active(
+                        String::new(),
+                    )),
+                });
+            }
+            Some(false) => beat.timestamp = 0,
+        }
+    }
+}
+
 /// Vcores of every task the graphs count as running, per executor.
 async fn running_vcores(jobs: &ActiveJobs) -> HashMap<String, u32> {
     let mut held: HashMap<String, u32> = HashMap::new();
@@ -379,7 +427,19 @@ impl ClusterState for RecoveringClusterState {
         self.books().jobs = Some(active_jobs.clone());
         self.fail_stalled_adaptive_jobs(&active_jobs).await;
         self.repair_stage_inputs(&active_jobs).await;
+        crate::drain::redirect_jobs(&active_jobs, &self.drains.redirects()).await;
+        self.drains.release_finished(&active_jobs.keys().map(|k| k.to_string()).collect());
         self.reconcile(executors.as_ref()).await?;
+        // No task goes to a draining executor.
+        let executors = {
+            let all = match executors {
+                Some(set) => set,
+                None => self.inner.executor_heartbeats().into_keys().collect(),
+            };
+            let kept: HashSet<String> =
+                all.iter().filter(|id| !self.drains.excluded(id)).cloned().collect();
+            Some(kept)
+        };
         let bound = self.inner.bind_schedulable_tasks(distribution, active_jobs, executors).await?;
         let mut books = self.books();
         books.binds += 1;
@@ -457,19 +517,14 @@ impl ClusterState for RecoveringClusterState {
     fn executor_heartbeats(&self) -> HashMap<String, ExecutorHeartbeat> {
         let mut beats = self.inner.executor_heartbeats();
         for (id, beat) in beats.iter_mut() {
-            if self.lost.contains(id) {
-                // Older than any timeout: the reaper removes it next round.
-                beat.timestamp = 0;
-            }
+            self.adjust(id, beat);
         }
         beats
     }
 
     fn get_executor_heartbeat(&self, executor_id: &str) -> Option<ExecutorHeartbeat> {
         let mut beat = self.inner.get_executor_heartbeat(executor_id)?;
-        if self.lost.contains(executor_id) {
-            beat.timestamp = 0;
-        }
+        self.adjust(executor_id, &mut beat);
         Some(beat)
     }
 

@@ -154,6 +154,31 @@ impl Proc {
         self.kill();
     }
 
+    /// Sends SIGTERM and waits up to `deadline` for the process to exit;
+    /// returns its exit status (None: still running, then SIGKILLed) and how
+    /// long it took.
+    pub fn sigterm_and_wait(
+        &mut self,
+        deadline: Duration,
+    ) -> (Option<std::process::ExitStatus>, Duration) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let start = std::time::Instant::now();
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        while start.elapsed() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (Some(status), start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        (None, start.elapsed())
+    }
+
+    /// Its standard output so far (every line, `listening on` ones too).
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(self.log.with_extension("stdout")).unwrap_or_default()
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -169,6 +194,19 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The value of sample `name` (with its labels, as printed, e.g.
+/// `sluice_drain_events_total{event="moved"}`) on a scheduler's `/metrics`.
+pub async fn scheduler_metric(addr: &str, name: &str) -> Option<f64> {
+    let (status, text) =
+        sluice_client::http::get(addr, "/metrics", Duration::from_secs(10)).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A real cluster: one `sluice-scheduler` and N `sluice-executor`

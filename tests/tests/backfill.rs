@@ -857,3 +857,173 @@ fn skewed_backfill_is_equal_with_skew_handling_on_and_off() {
         }
     });
 }
+
+/// How a drained executor left, and what the scheduler counted.
+struct Drained {
+    victim: usize,
+    job: String,
+    exit: Option<std::process::ExitStatus>,
+    took: Duration,
+    summary: String,
+    stage_reruns: f64,
+    moved: f64,
+    /// The scheduler's warnings and drain lines, for failure messages.
+    log: String,
+}
+
+/// A backfill on 3 executors (static planner, so that stage attempts are
+/// the scheduler's and comparable): once the chunk's write job has finished
+/// its map stage, an executor that ran map tasks of it gets SIGTERM with
+/// `--drain-deadline deadline_secs`. The backfill must complete with output
+/// equal to the naive per-date SQL.
+fn drain_mid_chunk(deadline_secs: u64, scheduler_args: &[&str]) -> Drained {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let cfg = ChurnConfig {
+        users: 2000,
+        start: date("2024-01-01"),
+        days: 90,
+        seed: 29,
+        ..ChurnConfig::default()
+    };
+    sluice_client::datagen::churn::generate(&cfg, &data).expect("generate");
+    let deadline = deadline_secs.to_string();
+    let mut sched_args = vec!["--executor-timeout-seconds", "5"];
+    sched_args.extend_from_slice(scheduler_args);
+    let mut cluster = TestCluster::start_full(
+        3,
+        1,
+        &sched_args,
+        &["--heartbeat-interval-seconds", "1", "--drain-deadline", &deadline],
+    )
+    .expect("cluster");
+    let scheduler = cluster.scheduler_addr().to_string();
+    let target = Target::Scheduler(scheduler.parse().expect("addr"));
+    let out = tmp.path().join("out");
+    let mut opts = options(&data, &out, target, "2024-02-01", "2024-03-30");
+    opts.chunk_days = 60;
+    opts.parallel = 1;
+    opts.settings = vec![
+        ("datafusion.execution.target_partitions".into(), "6".into()),
+        ("ballista.scheduler.max_partitions_per_task".into(), "1".into()),
+        ("ballista.planner.adaptive.enabled".into(), "false".into()),
+    ];
+    let rt = runtime();
+    let (report, drained) = rt.block_on(async {
+        let before: Vec<String> =
+            sluice_tests::scheduler_jobs(&scheduler).await.into_iter().map(|j| j.id).collect();
+        let run_opts = opts.clone();
+        let run = tokio::spawn(async move { sluice_client::backfill::run(&run_opts).await });
+        let end = Instant::now() + Duration::from_secs(150);
+        let mut drained = None;
+        while Instant::now() < end && !run.is_finished() && drained.is_none() {
+            let jobs = sluice_tests::scheduler_jobs(&scheduler).await;
+            if let Some(job) = jobs.iter().rev().find(|j| {
+                !before.contains(&j.id) && j.name.starts_with("sluice backfill") && j.num_stages >= 3
+            }) && job.status == "Running"
+                && job.completed_stages >= 1
+                && let Some(victim) = cluster
+                    .executors
+                    .iter()
+                    .position(|e| e.log_text().contains(&format!("TID {}/", job.id)))
+            {
+                let (exit, took) = cluster.executors[victim]
+                    .sigterm_and_wait(Duration::from_secs(deadline_secs + 30));
+                drained = Some((victim, job.id.clone(), exit, took));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let report = tokio::time::timeout(Duration::from_secs(240), run)
+            .await
+            .unwrap_or_else(|_| panic!("the backfill stalled after the drain\n{}", cluster.logs()))
+            .expect("join")
+            .unwrap_or_else(|e| panic!("backfill failed after the drain: {e}\n{}", cluster.logs()));
+        (report, drained)
+    });
+    let (victim, job, exit, took) =
+        drained.unwrap_or_else(|| panic!("no chunk write job was seen running\n{}", cluster.logs()));
+    assert!(report.ok && report.dates_committed == 59, "{report:?}\n{}", cluster.logs());
+    rt.block_on(async {
+        let ctx = SessionContext::new_with_config(sluice_sql::session::local_session_config());
+        register_output(&ctx, "out", &out).await;
+        let local = local_ctx(&data).await;
+        for day in ["2024-02-01", "2024-03-01", "2024-03-30"] {
+            let naive = sluice_sql::job::churn_reference_sql(date(day));
+            let expected =
+                run_sql(&local, &format!("SELECT {COLS} FROM ({naive}) ORDER BY user_id"))
+                    .await
+                    .expect("naive");
+            let actual = output_rows(&ctx, "out", date(day)).await;
+            sluice_client::verify::compare(&expected, &actual, true).unwrap_or_else(|e| {
+                panic!("{day}: differs from the naive reference after draining executor-{victim} in job {job}: {e}")
+            });
+        }
+    });
+    let metric = |name: &str| {
+        rt.block_on(sluice_tests::scheduler_metric(&scheduler, name))
+            .unwrap_or_else(|| panic!("no {name} on /metrics"))
+    };
+    let summary = cluster.executors[victim]
+        .stdout_text()
+        .lines()
+        .find(|l| l.starts_with("sluice-executor drained"))
+        .unwrap_or_default()
+        .to_string();
+    Drained {
+        victim,
+        job,
+        exit,
+        took,
+        summary,
+        stage_reruns: metric("sluice_drain_events_total{event=\"stage_reruns\"}"),
+        moved: metric("sluice_drain_events_total{event=\"moved\"}"),
+        log: cluster
+            .scheduler
+            .log_text()
+            .lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    || l.contains("ERROR")
+                    || l.contains("drain")
+                    || l.contains("Removing executor")
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+/// SIGTERM in the middle of a chunk, after its map stage finished: the
+/// executor moves its shuffle output to a peer and exits 0 before its
+/// deadline; the scheduler points readers at the peer, so no stage runs
+/// again (its stage attempts), and the features are the reference's.
+#[test]
+fn executor_drained_mid_chunk_moves_its_output_and_no_stage_reruns() {
+    let d = drain_mid_chunk(20, &[]);
+    assert!(d.exit.is_some_and(|s| s.success()), "exit {:?} after {:?}", d.exit, d.took);
+    assert!(d.took < Duration::from_secs(20), "exited after {:?}, past the 20 s deadline", d.took);
+    assert!(d.summary.contains("recompute=false"), "executor-{} in job {}: {}", d.victim, d.job, d.summary);
+    assert!(!d.summary.contains(" 0 of "), "nothing moved: {}", d.summary);
+    assert_eq!(d.moved, 1.0, "drains that moved everything; {}", d.summary);
+    assert_eq!(d.stage_reruns, 0.0, "a stage ran again after the drain; {}\n{}", d.summary, d.log);
+}
+
+/// The same with a deadline too short to move anything (2 s, and the
+/// scheduler told that executors send each other 1 KiB/s): the executor
+/// still exits 0 in time, its output is recomputed and the backfill
+/// completes with the reference's features.
+#[test]
+fn executor_drained_with_no_time_to_move_is_recomputed() {
+    let d = drain_mid_chunk(2, &["--drain-handoff-bytes-per-second", "1024"]);
+    assert!(d.exit.is_some_and(|s| s.success()), "exit {:?} after {:?}", d.exit, d.took);
+    assert!(d.took < Duration::from_secs(2), "exited after {:?} with a 2 s deadline", d.took);
+    assert!(d.summary.contains("recompute=true"), "{}", d.summary);
+    assert_eq!(d.moved, 0.0, "{}", d.summary);
+    // Left to Ballista's recovery: removed as lost (what it wrote is
+    // recomputed, what it ran is rescheduled).
+    assert!(
+        d.log.contains("heartbeat timed out") || d.log.contains("Removing executor"),
+        "the drained executor was not handed to recovery: {}\n{}",
+        d.summary,
+        d.log
+    );
+}

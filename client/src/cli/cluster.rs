@@ -46,6 +46,45 @@ pub enum ClusterCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ExecutorCommand {
+    /// Drain an executor (scale-in): it takes no new task, finishes its
+    /// running ones, moves its finished shuffle output to live peers (the
+    /// scheduler points readers at them) and exits 0 within its
+    /// --drain-deadline, as on a spot notice (SIGTERM).
+    #[command(after_help = "Examples:
+  sluice executor drain 3f2c9a7e-… --scheduler 127.0.0.1:50050
+  sluice executor drain 3f2c9a7e-… --etcd-endpoints http://127.0.0.1:2379
+
+Executor ids: `sluice cluster status` (etcd) or the scheduler's /api/executors.
+The executor sees the request within 2 s.")]
+    Drain {
+        /// The executor's id.
+        id: String,
+        #[command(flatten)]
+        at: super::backfill::ServiceArgs,
+    },
+}
+
+pub async fn run_executor(what: ExecutorCommand) -> Result<(), Error> {
+    match what {
+        ExecutorCommand::Drain { id, at } => {
+            let already = sluice_client::backfill::drain_executor(
+                &at.target()?,
+                at.token()?.as_deref(),
+                &id,
+            )
+            .await?;
+            if already {
+                println!("executor {id} is draining already");
+            } else {
+                println!("executor {id} asked to drain");
+            }
+            Ok(())
+        }
+    }
+}
+
 pub async fn run(what: ClusterCommand) -> Result<(), Error> {
     match what {
         ClusterCommand::Certs { out, executors, hosts } => {

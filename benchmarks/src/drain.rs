@@ -75,9 +75,16 @@ fn one(b: &DrainBench, data: &std::path::Path, disturb: Disturb) -> anyhow::Resu
         let run = tokio::spawn(async move { sluice_client::backfill::run(&run_opts).await });
         let mut exit = None;
         let end = Instant::now() + Duration::from_secs(600);
-        while disturb != Disturb::None && exit.is_none() && !run.is_finished() && Instant::now() < end {
+        while disturb != Disturb::None
+            && exit.is_none()
+            && !run.is_finished()
+            && Instant::now() < end
+        {
             let jobs = sluice_tests::scheduler_jobs(&scheduler).await;
-            if let Some(job) = jobs.iter().rev().find(|j| j.name.starts_with("sluice backfill") && j.num_stages >= 3)
+            if let Some(job) = jobs
+                .iter()
+                .rev()
+                .find(|j| j.name.starts_with("sluice backfill") && j.num_stages >= 3)
                 && job.status == "Running"
                 && job.completed_stages >= 1
                 && let Some(victim) = cluster
@@ -88,7 +95,8 @@ fn one(b: &DrainBench, data: &std::path::Path, disturb: Disturb) -> anyhow::Resu
                 let t = Instant::now();
                 match disturb {
                     Disturb::Drain => {
-                        cluster.executors[victim].sigterm_and_wait(Duration::from_secs(b.deadline_seconds + 30));
+                        cluster.executors[victim]
+                            .sigterm_and_wait(Duration::from_secs(b.deadline_seconds + 30));
                     }
                     _ => cluster.executors[victim].kill(),
                 }
@@ -103,7 +111,9 @@ fn one(b: &DrainBench, data: &std::path::Path, disturb: Disturb) -> anyhow::Resu
     if disturb != Disturb::None {
         anyhow::ensure!(exit.is_some(), "{disturb:?}: the chunk job was never seen mid-run");
     }
-    let metric = |name: &str| rt.block_on(sluice_tests::scheduler_metric(&scheduler, name)).unwrap_or(f64::NAN);
+    let metric = |name: &str| {
+        rt.block_on(sluice_tests::scheduler_metric(&scheduler, name)).unwrap_or(f64::NAN)
+    };
     Ok(Run {
         wall,
         rerun_tasks: metric("sluice_drain_events_total{event=\"rerun_tasks\"}"),
@@ -136,7 +146,10 @@ pub fn run(b: &DrainBench) -> anyhow::Result<()> {
         best.push((disturb, runs.remove(0)));
     }
     let base = best[0].1.wall.as_secs_f64();
-    println!("{:<12} {:>9} {:>10} {:>8} {:>14} {:>13} {:>14}", "run", "wall s", "extra s", "ratio", "recomputed", "stage reruns", "victim exit s");
+    println!(
+        "{:<12} {:>9} {:>10} {:>8} {:>14} {:>13} {:>14}",
+        "run", "wall s", "extra s", "ratio", "recomputed", "stage reruns", "victim exit s"
+    );
     for (d, r) in &best {
         println!(
             "{:<12} {:>9.3} {:>10.3} {:>8.2} {:>14} {:>13} {:>14}",

@@ -231,8 +231,9 @@ pub async fn scheduler_of(target: &Target) -> Result<HostPort> {
 /// [`scheduler_channel`].
 pub async fn drain_executor(target: &Target, token: Option<&str>, id: &str) -> Result<bool> {
     let scheduler = scheduler_of(target).await?;
-    let mut client =
-        sluice_proto::pb::drain_service_client::DrainServiceClient::new(scheduler_channel(&scheduler).await?);
+    let mut client = sluice_proto::pb::drain_service_client::DrainServiceClient::new(
+        scheduler_channel(&scheduler).await?,
+    );
     let mut request =
         tonic::Request::new(sluice_proto::pb::DrainExecutorRequest { executor_id: id.to_string() });
     if let Some(token) = token

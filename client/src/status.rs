@@ -160,7 +160,8 @@ pub fn render(status: &ClusterStatus) -> String {
     }
     if !draining.is_empty() {
         let ids: Vec<&str> = draining.iter().map(|d| d.id.as_str()).collect();
-        let _ = writeln!(out, "draining   {} ({}): they take no task", draining.len(), ids.join(", "));
+        let _ =
+            writeln!(out, "draining   {} ({}): they take no task", draining.len(), ids.join(", "));
     }
     let running: Vec<_> =
         status.backfills.iter().filter(|b| b.state.starts_with("running")).collect();

@@ -119,7 +119,11 @@ impl Drainer {
                 deadline_ms,
                 reason: reason.to_string(),
             };
-            if let Err(e) = tokio::time::timeout_at(end.into(), c.begin(begin)).await.map_err(|_| tonic::Status::deadline_exceeded("begin")).and_then(|r| r) {
+            if let Err(e) = tokio::time::timeout_at(end.into(), c.begin(begin))
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("begin"))
+                .and_then(|r| r)
+            {
                 outcome.problems.push(format!("Begin: {}", e.message()));
             }
         }
@@ -194,10 +198,13 @@ impl Drainer {
         let sends = by_target.into_iter().map(|(target, list)| {
             let me = self.clone();
             async move {
-                let to = HostPort::new(target.host.clone(), u16::try_from(target.port).unwrap_or(0));
+                let to =
+                    HostPort::new(target.host.clone(), u16::try_from(target.port).unwrap_or(0));
                 let mut results = Vec::new();
                 for output in list {
-                    let r = handoff::send(&to, me.tls.as_ref(), &me.executor_id, &output, &me.work_dir).await;
+                    let r =
+                        handoff::send(&to, me.tls.as_ref(), &me.executor_id, &output, &me.work_dir)
+                            .await;
                     results.push((output, target.executor_id.clone(), r));
                 }
                 results
@@ -218,14 +225,16 @@ impl Drainer {
                                 to_executor_id: to,
                             });
                         }
-                        Err(e) => failed.push(format!("job {} stage {}: {e}", output.job_id, output.stage_id)),
+                        Err(e) => failed
+                            .push(format!("job {} stage {}: {e}", output.job_id, output.stage_id)),
                     }
                 }
             }
             Err(_) => failed.push("moves did not finish before the deadline".into()),
         }
         outcome.problems.extend(failed.iter().cloned());
-        let finish = pb::FinishDrainRequest { executor_id: self.executor_id.clone(), moved, failed };
+        let finish =
+            pb::FinishDrainRequest { executor_id: self.executor_id.clone(), moved, failed };
         match tokio::time::timeout_at(end.into(), client.finish(finish)).await {
             Ok(Ok(reply)) => {
                 let reply = reply.into_inner();
@@ -301,7 +310,9 @@ impl Sigterm {
 /// Stops Ballista's executor the way it stops on SIGTERM (its handler for
 /// Ctrl-C does the same).
 pub fn stop_ballista() {
-    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGINT) {
+    if let Err(e) =
+        nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGINT)
+    {
         tracing::error!(error = %e, "could not stop Ballista's executor");
     }
 }

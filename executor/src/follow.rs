@@ -28,8 +28,6 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::{ExecutorConfig, RunningExecutor};
 
-/// How long a stopping executor may drain its running tasks.
-
 async fn grant(
     target: &EtcdTarget,
     client: &Client,

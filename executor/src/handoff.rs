@@ -92,7 +92,11 @@ impl HandoffService {
     ) -> Result<Vec<(PathBuf, PathBuf, u64)>, Status> {
         let header = match stream.message().await? {
             Some(pb::HandoffChunk { part: Some(Part::Header(h)) }) => h,
-            _ => return Err(Status::invalid_argument("handoff: the first message must be the header")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "handoff: the first message must be the header",
+                ));
+            }
         };
         if !valid_job(&header.job_id) {
             return Err(Status::invalid_argument(format!(
@@ -121,7 +125,8 @@ impl HandoffService {
                             .map_err(|e| Status::internal(format!("{}: {e}", parent.display())))?;
                     }
                     let mut name = target.file_name().unwrap_or_default().to_os_string();
-                    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    static NEXT: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
                     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     name.push(format!(".handoff-{}-{n}", std::process::id()));
                     let temp = target.with_file_name(name);
@@ -149,7 +154,9 @@ impl HandoffService {
                         .map_err(|e| Status::internal(format!("{}: {e}", c.temp.display())))?;
                 }
                 Some(Part::Header(_)) | None => {
-                    return Err(Status::invalid_argument("handoff: a second header or an empty message"));
+                    return Err(Status::invalid_argument(
+                        "handoff: a second header or an empty message",
+                    ));
                 }
             }
         }
@@ -225,13 +232,13 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<String>, bytes: &mut u64) {
         let Ok(meta) = e.metadata() else { continue };
         if meta.is_dir() {
             collect(root, &path, files, bytes);
-        } else if meta.is_file() {
-            if let Ok(rel) = path.strip_prefix(root) {
-                let parts: Vec<String> =
-                    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-                files.push(parts.join("/"));
-                *bytes += meta.len();
-            }
+        } else if meta.is_file()
+            && let Ok(rel) = path.strip_prefix(root)
+        {
+            let parts: Vec<String> =
+                rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+            files.push(parts.join("/"));
+            *bytes += meta.len();
         }
     }
 }
@@ -279,12 +286,18 @@ pub async fn send(
     let producer = tokio::spawn(async move {
         let send = |part| {
             let tx = tx.clone();
-            async move { tx.send(pb::HandoffChunk { part: Some(part) }).await.map_err(|_| "receiver closed".to_string()) }
+            async move {
+                tx.send(pb::HandoffChunk { part: Some(part) })
+                    .await
+                    .map_err(|_| "receiver closed".to_string())
+            }
         };
         send(Part::Header(header)).await?;
         for rel in &files {
             let path = root.join(rel);
-            let mut file = tokio::fs::File::open(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             let len = file.metadata().await.map_err(|e| format!("{}: {e}", path.display()))?.len();
             send(Part::File(pb::HandoffFile { path: rel.clone(), bytes: len })).await?;
             let mut left = len;
@@ -311,7 +324,10 @@ mod tests {
     #[test]
     fn handoff_paths_stay_under_the_stage_folder() {
         let svc = HandoffService::new("/w");
-        assert_eq!(svc.target("j1", 3, "j1/3/0/data.arrow").ok(), Some(PathBuf::from("/w/j1/3/0/data.arrow")));
+        assert_eq!(
+            svc.target("j1", 3, "j1/3/0/data.arrow").ok(),
+            Some(PathBuf::from("/w/j1/3/0/data.arrow"))
+        );
         for bad in ["j1/3/../../etc/passwd", "/etc/passwd", "j1/4/0/data.arrow", "j2/3/x", "j1/3"] {
             assert!(svc.target("j1", 3, bad).is_err(), "{bad} accepted");
         }

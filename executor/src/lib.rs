@@ -205,10 +205,11 @@ fn flight_service(tls: Option<ClusterTls>) -> Arc<ArrowFlightServerProvider> {
                 handoff::HandoffService::new(work_dir.clone()),
             )
             .max_decoding_message_size(max_decoding);
-            let service =
-                FlightServiceServer::new(serving::TrackedFlight::new(BallistaFlightService::new(work_dir)))
-                .max_decoding_message_size(max_decoding)
-                .max_encoding_message_size(max_encoding);
+            let service = FlightServiceServer::new(serving::TrackedFlight::new(
+                BallistaFlightService::new(work_dir),
+            ))
+            .max_decoding_message_size(max_decoding)
+            .max_encoding_message_size(max_encoding);
             server
                 .add_service(service)
                 .add_service(handoff)

@@ -313,7 +313,9 @@ async fn run() -> ExitCode {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-fn stop_signal(sigterm: &sluice_executor::drain::Sigterm) -> impl std::future::Future<Output = ()> + '_ {
+fn stop_signal(
+    sigterm: &sluice_executor::drain::Sigterm,
+) -> impl std::future::Future<Output = ()> + '_ {
     let ctrl_c = tokio::signal::ctrl_c();
     async move {
         tokio::select! { _ = ctrl_c => {}, () = sigterm.received() => {} }

@@ -40,7 +40,8 @@ impl Activity {
 
     /// No read in flight and none started for `quiet`.
     pub fn idle_for(&self, quiet: Duration) -> bool {
-        let since = sluice_proto::etcd::now_ms().saturating_sub(self.last_ms.load(Ordering::SeqCst));
+        let since =
+            sluice_proto::etcd::now_ms().saturating_sub(self.last_ms.load(Ordering::SeqCst));
         self.active.load(Ordering::SeqCst) == 0 && since >= quiet.as_millis() as u64
     }
 }
@@ -82,7 +83,10 @@ impl FlightService for TrackedFlight {
     type ListActionsStream = Boxed<ActionType>;
     type ListFlightsStream = Boxed<FlightInfo>;
 
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
         let guard = self.activity.start();
         let stream = self.inner.do_get(request).await?.into_inner();
         Ok(Response::new(tracked(stream, guard)))

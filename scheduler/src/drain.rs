@@ -151,7 +151,11 @@ impl Drains {
         state.executors.insert(
             id.to_string(),
             Entry {
-                deadline_ms: if deadline_ms == 0 { now_ms() + DEFAULT_DRAIN_MS } else { deadline_ms },
+                deadline_ms: if deadline_ms == 0 {
+                    now_ms() + DEFAULT_DRAIN_MS
+                } else {
+                    deadline_ms
+                },
                 reason: reason.to_string(),
                 phase: Phase::Draining,
                 planned: HashMap::new(),
@@ -232,7 +236,12 @@ impl Drains {
         self.state().requested.get(id).cloned()
     }
 
-    fn set_planned(&self, id: &str, planned: HashMap<(String, u32), ExecutorMetadata>, complete: bool) {
+    fn set_planned(
+        &self,
+        id: &str,
+        planned: HashMap<(String, u32), ExecutorMetadata>,
+        complete: bool,
+    ) {
         if let Some(entry) = self.state().executors.get_mut(id) {
             entry.planned = planned;
             entry.plan_complete = complete;
@@ -279,6 +288,14 @@ impl Drains {
             self.lost.mark(id);
         }
         ghost
+    }
+
+    /// Ballista removed `id`: a finished drain's record is dropped.
+    pub fn forget(&self, id: &str) {
+        let mut state = self.state();
+        if state.executors.get(id).is_some_and(|e| e.phase == Phase::Gone) {
+            state.executors.remove(id);
+        }
     }
 
     pub fn count_handed_back(&self, n: u64) {
@@ -411,7 +428,8 @@ pub fn plan_moves(
         skip_all(&mut plan, &needed, "no live executor to take it");
         return plan;
     }
-    needed.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.job.cmp(&b.job)).then(a.stage.cmp(&b.stage)));
+    needed
+        .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.job.cmp(&b.job)).then(a.stage.cmp(&b.stage)));
     let mut load: Vec<(u64, &str, u64)> =
         peers.iter().map(|p| (p.assigned_bytes, p.id.as_str(), 0u64)).collect();
     let mut moves = Vec::new();
@@ -421,7 +439,12 @@ pub fn plan_moves(
         };
         slot.0 += c.bytes;
         slot.2 += c.bytes;
-        moves.push(Move { job: c.job.clone(), stage: c.stage, bytes: c.bytes, to: slot.1.to_string() });
+        moves.push(Move {
+            job: c.job.clone(),
+            stage: c.stage,
+            bytes: c.bytes,
+            to: slot.1.to_string(),
+        });
     }
     let slowest = load.iter().map(|l| l.2).max().unwrap_or(0);
     let rate = bytes_per_second.max(1);
@@ -466,7 +489,9 @@ pub async fn redirect_jobs(jobs: &ActiveJobs, redirects: &[Redirect]) -> usize {
             seen.push(stage.stage_id);
             match redirect_stage(stage, &mine) {
                 Ok(n) => changed += n,
-                Err(e) => tracing::error!(job = %job_id, error = %e, "could not redirect a stage's shuffle inputs"),
+                Err(e) => {
+                    tracing::error!(job = %job_id, error = %e, "could not redirect a stage's shuffle inputs")
+                }
             }
         }
     }
@@ -475,9 +500,8 @@ pub async fn redirect_jobs(jobs: &ActiveJobs, redirects: &[Redirect]) -> usize {
 
 fn redirect_location(location: &mut PartitionLocation, redirects: &[&Redirect]) -> bool {
     let stage = location.partition_id.stage_id as u32;
-    let Some(r) = redirects
-        .iter()
-        .find(|r| r.ghost == location.executor_meta.id && r.stage == stage)
+    let Some(r) =
+        redirects.iter().find(|r| r.ghost == location.executor_meta.id && r.stage == stage)
     else {
         return false;
     };
@@ -492,7 +516,10 @@ fn redirect_location(location: &mut PartitionLocation, redirects: &[&Redirect]) 
     true
 }
 
-fn redirect_stage(stage: &mut RunningStage, redirects: &[&Redirect]) -> datafusion::error::Result<usize> {
+fn redirect_stage(
+    stage: &mut RunningStage,
+    redirects: &[&Redirect],
+) -> datafusion::error::Result<usize> {
     let mut changed = 0;
     for output in stage.inputs.values_mut() {
         for locations in output.partition_locations.values_mut() {
@@ -534,7 +561,8 @@ pub fn redirect_status(
     let job_id = job.job_id.clone();
     let Some(Status::Successful(done)) = job.status.as_mut() else { return };
     for location in &mut done.partition_location {
-        let (Some(meta), Some(pid)) = (location.executor_meta.as_mut(), location.partition_id.as_ref())
+        let (Some(meta), Some(pid)) =
+            (location.executor_meta.as_mut(), location.partition_id.as_ref())
         else {
             continue;
         };
@@ -642,8 +670,10 @@ impl DrainGrpc {
         if n == 0 {
             return 0;
         }
-        let request =
-            Request::new(UpdateTaskStatusParams { executor_id: id.to_string(), task_status: statuses });
+        let request = Request::new(UpdateTaskStatusParams {
+            executor_id: id.to_string(),
+            task_status: statuses,
+        });
         if let Err(e) = SchedulerGrpc::update_task_status(self.scheduler(), request).await {
             tracing::error!(executor_id = id, error = %e, "could not hand back a drained executor's tasks");
             return 0;
@@ -670,11 +700,18 @@ impl pb::drain_service_server::DrainService for DrainGrpc {
         valid_id(&id)?;
         self.guard.authorize(&request, &id)?;
         let r = request.into_inner();
-        self.drains.begin(&id, r.deadline_ms, if r.reason.is_empty() { "drain" } else { &r.reason });
+        self.drains.begin(
+            &id,
+            r.deadline_ms,
+            if r.reason.is_empty() { "drain" } else { &r.reason },
+        );
         Ok(Response::new(pb::BeginDrainResponse {}))
     }
 
-    async fn plan(&self, request: Request<pb::DrainOffer>) -> Result<Response<pb::DrainPlan>, Status> {
+    async fn plan(
+        &self,
+        request: Request<pb::DrainOffer>,
+    ) -> Result<Response<pb::DrainPlan>, Status> {
         let id = request.get_ref().executor_id.clone();
         valid_id(&id)?;
         self.guard.authorize(&request, &id)?;
@@ -704,7 +741,8 @@ impl pb::drain_service_server::DrainService for DrainGrpc {
             Duration::from_millis(offer.budget_ms),
             self.drains.rate(),
         );
-        let by_id: HashMap<&str, &ExecutorMetadata> = peers.iter().map(|p| (p.id.as_str(), p)).collect();
+        let by_id: HashMap<&str, &ExecutorMetadata> =
+            peers.iter().map(|p| (p.id.as_str(), p)).collect();
         let mut planned = HashMap::new();
         let mut moves = Vec::new();
         for m in &decided.moves {
@@ -750,8 +788,11 @@ impl pb::drain_service_server::DrainService for DrainGrpc {
             return Err(Status::failed_precondition(format!("executor {id} is not draining")));
         }
         let r = request.into_inner();
-        let moved: Vec<(String, u32, String)> =
-            r.moved.iter().map(|m| (m.job_id.clone(), m.stage_id, m.to_executor_id.clone())).collect();
+        let moved: Vec<(String, u32, String)> = r
+            .moved
+            .iter()
+            .map(|m| (m.job_id.clone(), m.stage_id, m.to_executor_id.clone()))
+            .collect();
         // Complete: every planned output arrived, none failed, and every
         // output a running job needs was planned.
         let running = self.running_jobs().await;
@@ -763,11 +804,7 @@ impl pb::drain_service_server::DrainService for DrainGrpc {
             executor_id = %id, ghost, redirected, handed_back, failed = r.failed.len(),
             "drain finished"
         );
-        Ok(Response::new(pb::FinishDrainResponse {
-            handed_back,
-            redirected,
-            recompute: !complete,
-        }))
+        Ok(Response::new(pb::FinishDrainResponse { handed_back, redirected, recompute: !complete }))
     }
 
     async fn check(
@@ -790,15 +827,12 @@ impl pb::drain_service_server::DrainService for DrainGrpc {
     ) -> Result<Response<pb::DrainExecutorResponse>, Status> {
         let id = request.into_inner().executor_id;
         valid_id(&id)?;
-        let known = self
-            .scheduler()
-            .state
-            .executor_manager
-            .get_executor_metadata(&id)
-            .await
-            .is_ok();
+        let known =
+            self.scheduler().state.executor_manager.get_executor_metadata(&id).await.is_ok();
         if !known {
-            return Err(Status::not_found(format!("no executor {id} is registered with this scheduler")));
+            return Err(Status::not_found(format!(
+                "no executor {id} is registered with this scheduler"
+            )));
         }
         let fresh = self.drains.request(&id, "requested by an administrator");
         Ok(Response::new(pb::DrainExecutorResponse { already: !fresh }))
@@ -837,7 +871,12 @@ mod tests {
     #[test]
     fn moves_needed_outputs_largest_first_to_the_least_loaded_peer() {
         let plan = plan_moves(
-            &[c("j1", 1, 100, true), c("j1", 2, 300, true), c("j2", 1, 200, true), c("old", 1, 999, false)],
+            &[
+                c("j1", 1, 100, true),
+                c("j1", 2, 300, true),
+                c("j2", 1, 200, true),
+                c("old", 1, 999, false),
+            ],
             &[peer("b", 0), peer("a", 0)],
             Duration::from_secs(10),
             1000,
@@ -847,7 +886,10 @@ mod tests {
             plan.moves.iter().map(|m| (m.job.as_str(), m.stage, m.to.as_str())).collect();
         // 300 → a (tie on load broken by id), 200 → b, 100 → b (200 < 300).
         assert_eq!(order, vec![("j1", 2, "a"), ("j2", 1, "b"), ("j1", 1, "b")]);
-        assert_eq!(plan.skipped, vec![("old".to_string(), 1, "no running job reads it".to_string())]);
+        assert_eq!(
+            plan.skipped,
+            vec![("old".to_string(), 1, "no running job reads it".to_string())]
+        );
         // The slowest peer's share: 300 bytes at 1000 B/s.
         assert_eq!(plan.estimated, Duration::from_millis(300));
     }

@@ -224,9 +224,11 @@ pub(crate) async fn serve(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let config = scheduler.state.config.clone();
     let guarded = GuardedScheduler::new(scheduler.clone(), tls.is_some(), drains.clone());
-    let drain = sluice_proto::pb::drain_service_server::DrainServiceServer::new(
-        crate::drain::DrainGrpc { guard: guarded.clone(), drains },
-    );
+    let drain =
+        sluice_proto::pb::drain_service_server::DrainServiceServer::new(crate::drain::DrainGrpc {
+            guard: guarded.clone(),
+            drains,
+        });
     let grpc = SchedulerGrpcServer::new(guarded)
         .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
         .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);

@@ -84,7 +84,11 @@ impl GuardedScheduler {
 
     /// With cluster TLS: the caller's certificate must be an executor's and
     /// `executor_id` must be bound to it (binding it on first use).
-    pub(crate) fn authorize<T>(&self, request: &Request<T>, executor_id: &str) -> Result<(), Status> {
+    pub(crate) fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        executor_id: &str,
+    ) -> Result<(), Status> {
         if !self.cluster_tls {
             return Ok(());
         }

@@ -290,6 +290,7 @@ mod tests {
         let m = Metrics::new().expect("registry");
         let text = m.render(&Load {
             executors: 2,
+            executors_draining: 1,
             slots_total: 4,
             tasks_running: 3,
             tasks_pending: 5,
@@ -300,6 +301,7 @@ mod tests {
         });
         for line in [
             "sluice_executors_alive 2",
+            "sluice_executors_draining 1",
             "sluice_slots{state=\"free\"} 1",
             "sluice_tasks{state=\"pending\"} 5",
             "sluice_backfill_dates{state=\"total\"} 30",

@@ -511,6 +511,7 @@ impl ClusterState for RecoveringClusterState {
 
     async fn remove_executor(&self, executor_id: &str) -> Result<()> {
         self.books().budgets.remove(executor_id);
+        self.drains.forget(executor_id);
         self.inner.remove_executor(executor_id).await
     }
 

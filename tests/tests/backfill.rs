@@ -919,7 +919,9 @@ fn drain_mid_chunk(deadline_secs: u64, scheduler_args: &[&str]) -> Drained {
         while Instant::now() < end && !run.is_finished() && drained.is_none() {
             let jobs = sluice_tests::scheduler_jobs(&scheduler).await;
             if let Some(job) = jobs.iter().rev().find(|j| {
-                !before.contains(&j.id) && j.name.starts_with("sluice backfill") && j.num_stages >= 3
+                !before.contains(&j.id)
+                    && j.name.starts_with("sluice backfill")
+                    && j.num_stages >= 3
             }) && job.status == "Running"
                 && job.completed_stages >= 1
                 && let Some(victim) = cluster
@@ -940,8 +942,8 @@ fn drain_mid_chunk(deadline_secs: u64, scheduler_args: &[&str]) -> Drained {
             .unwrap_or_else(|e| panic!("backfill failed after the drain: {e}\n{}", cluster.logs()));
         (report, drained)
     });
-    let (victim, job, exit, took) =
-        drained.unwrap_or_else(|| panic!("no chunk write job was seen running\n{}", cluster.logs()));
+    let (victim, job, exit, took) = drained
+        .unwrap_or_else(|| panic!("no chunk write job was seen running\n{}", cluster.logs()));
     assert!(report.ok && report.dates_committed == 59, "{report:?}\n{}", cluster.logs());
     rt.block_on(async {
         let ctx = SessionContext::new_with_config(sluice_sql::session::local_session_config());
@@ -1001,7 +1003,13 @@ fn executor_drained_mid_chunk_moves_its_output_and_no_stage_reruns() {
     let d = drain_mid_chunk(20, &[]);
     assert!(d.exit.is_some_and(|s| s.success()), "exit {:?} after {:?}", d.exit, d.took);
     assert!(d.took < Duration::from_secs(20), "exited after {:?}, past the 20 s deadline", d.took);
-    assert!(d.summary.contains("recompute=false"), "executor-{} in job {}: {}", d.victim, d.job, d.summary);
+    assert!(
+        d.summary.contains("recompute=false"),
+        "executor-{} in job {}: {}",
+        d.victim,
+        d.job,
+        d.summary
+    );
     assert!(!d.summary.contains(" 0 of "), "nothing moved: {}", d.summary);
     assert_eq!(d.moved, 1.0, "drains that moved everything; {}", d.summary);
     assert_eq!(d.stage_reruns, 0.0, "a stage ran again after the drain; {}\n{}", d.summary, d.log);

@@ -195,7 +195,9 @@ fn draining_the_last_executor_queues_the_work_until_a_new_one_registers() {
         cluster.executors.push(fresh);
         let actual = tokio::time::timeout(Duration::from_secs(180), query)
             .await
-            .unwrap_or_else(|_| panic!("q{n} never completed on the new executor\n{}", cluster.logs()))
+            .unwrap_or_else(|_| {
+                panic!("q{n} never completed on the new executor\n{}", cluster.logs())
+            })
             .expect("join")
             .unwrap_or_else(|e| panic!("q{n} failed: {e}\n{}", cluster.logs()));
         (expected, actual)
@@ -209,14 +211,16 @@ fn draining_the_last_executor_queues_the_work_until_a_new_one_registers() {
 /// deadline; an unknown id is a clear error.
 #[test]
 fn an_administrator_drains_a_named_executor() {
-    let mut cluster = TestCluster::start_full(2, 1, &[], &["--drain-deadline", "10"]).expect("cluster");
+    let mut cluster =
+        TestCluster::start_full(2, 1, &[], &["--drain-deadline", "10"]).expect("cluster");
     let scheduler = cluster.scheduler_addr().to_string();
     let rt = sluice_proto::runtime().expect("runtime");
     // The executor's id, from the scheduler's REST API.
     let id = rt.block_on(async {
-        let (_, body) = sluice_client::http::get(&scheduler, "/api/executors", Duration::from_secs(10))
-            .await
-            .expect("executors");
+        let (_, body) =
+            sluice_client::http::get(&scheduler, "/api/executors", Duration::from_secs(10))
+                .await
+                .expect("executors");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         let flight = cluster.executors[1].addr.clone();
         let list = v.as_array().cloned().unwrap_or_default();
@@ -267,7 +271,9 @@ fn an_administrator_drains_a_named_executor() {
     rt.block_on(async {
         let target = Target::Scheduler(scheduler.parse().expect("addr"));
         let conn = connect(&target, &[], &[]).await.expect("connect");
-        let out = run_sql(&conn.ctx, "SELECT count(*) FROM (VALUES (1), (2), (3)) t(x)").await.expect("query");
+        let out = run_sql(&conn.ctx, "SELECT count(*) FROM (VALUES (1), (2), (3)) t(x)")
+            .await
+            .expect("query");
         assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     });
 }

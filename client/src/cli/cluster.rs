@@ -69,12 +69,9 @@ The executor sees the request within 2 s.")]
 pub async fn run_executor(what: ExecutorCommand) -> Result<(), Error> {
     match what {
         ExecutorCommand::Drain { id, at } => {
-            let already = sluice_client::backfill::drain_executor(
-                &at.target()?,
-                at.token()?.as_deref(),
-                &id,
-            )
-            .await?;
+            let already =
+                sluice_client::backfill::drain_executor(&at.target()?, at.token()?.as_deref(), &id)
+                    .await?;
             if already {
                 println!("executor {id} is draining already");
             } else {

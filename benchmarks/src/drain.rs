@@ -87,10 +87,16 @@ fn one(b: &DrainBench, data: &std::path::Path, disturb: Disturb) -> anyhow::Resu
                 .find(|j| j.name.starts_with("sluice backfill") && j.num_stages >= 3)
                 && job.status == "Running"
                 && job.completed_stages >= 1
+                // The executor that ran most of the job's tasks: it holds
+                // the most map output.
                 && let Some(victim) = cluster
                     .executors
                     .iter()
-                    .position(|e| e.log_text().contains(&format!("TID {}/", job.id)))
+                    .map(|e| e.log_text().matches(&format!("Finished task : [TID {}/", job.id)).count())
+                    .enumerate()
+                    .filter(|(_, n)| *n > 0)
+                    .max_by_key(|(_, n)| *n)
+                    .map(|(i, _)| i)
             {
                 let t = Instant::now();
                 match disturb {

@@ -84,8 +84,11 @@ struct State {
     executors: HashMap<String, Entry>,
     /// Administrators' drain requests not yet seen by the executor.
     requested: HashMap<String, String>,
-    /// (job, stage, attempt) seen with attempt > 0: stages that ran again.
-    reran: HashSet<(String, u32, u32)>,
+    /// (job, stage) that ran a partition again (lost output recomputed,
+    /// or a stage attempt after the first).
+    reran: HashSet<(String, u32)>,
+    /// (job, stage, input partition) completed by some task.
+    done: HashSet<(String, u32, usize)>,
     counters: Counters,
 }
 
@@ -331,19 +334,34 @@ impl Drains {
             .collect()
     }
 
-    /// Counts a reported task of a stage attempt after the first (the
-    /// scheduler's stage attempts: `sluice_stage_reruns_total`).
-    pub fn record_attempt(&self, job: &str, stage: u32, attempt: u32, successful: bool) {
-        if attempt == 0 {
+    /// Counts a successful task: recomputed when a task of the same stage
+    /// had completed one of its input partitions already, or when it
+    /// belongs to a stage attempt after the first (`sluice_drain_events_total`
+    /// `stage_reruns` and `rerun_tasks`).
+    pub fn record_success(&self, job: &str, stage: u32, attempt: u32, partitions: &[usize]) {
+        let mut state = self.state();
+        if state.done.len() > 1_000_000 {
+            // Bounded: the oldest jobs' partitions go first (coarsely: all).
+            state.done.clear();
+        }
+        let mut again = attempt > 0;
+        for p in partitions {
+            if !state.done.insert((job.to_string(), stage, *p)) {
+                again = true;
+            }
+        }
+        if !again {
             return;
         }
-        let mut state = self.state();
-        if state.reran.insert((job.to_string(), stage, attempt)) {
+        state.counters.rerun_tasks += 1;
+        if state.reran.insert((job.to_string(), stage)) {
             state.counters.stage_reruns += 1;
-            tracing::warn!(job, stage, attempt, "stage running again");
-        }
-        if successful {
-            state.counters.rerun_tasks += 1;
+            tracing::warn!(
+                job,
+                stage,
+                attempt,
+                "stage running again: partitions it had completed are computed again"
+            );
         }
     }
 }
@@ -958,6 +976,20 @@ mod tests {
         drains.release_finished(&HashSet::new());
         assert_eq!(drains.heartbeat("e1"), Some(false), "released: Ballista removes it");
         assert!(drains.redirects().is_empty());
+    }
+
+    #[test]
+    fn a_partition_completed_twice_is_counted_recomputed() {
+        let drains = Drains::default();
+        drains.record_success("j", 1, 0, &[0, 1]);
+        drains.record_success("j", 1, 0, &[2]);
+        drains.record_success("j", 2, 0, &[0]);
+        assert_eq!(drains.counters().rerun_tasks, 0, "first completions");
+        drains.record_success("j", 1, 0, &[1]);
+        drains.record_success("j", 1, 0, &[0]);
+        drains.record_success("j", 3, 1, &[0]);
+        let c = drains.counters();
+        assert_eq!((c.rerun_tasks, c.stage_reruns), (3, 2), "{c:?}");
     }
 
     #[test]

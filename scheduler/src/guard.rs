@@ -62,13 +62,33 @@ impl GuardedScheduler {
         &self.inner
     }
 
-    /// Counts stage attempts after the first among reported statuses.
-    fn record_attempts(&self, statuses: &[TaskStatus]) {
+    /// Counts recomputation: a successful task whose input partitions a
+    /// task of the same stage already completed (a map output lost and run
+    /// again), and stage attempts after the first.
+    fn record_outcome(
+        &self,
+        graph: &dyn ballista_scheduler::state::execution_graph::ExecutionGraph,
+        status: &TaskStatus,
+    ) {
         use ballista_core::serde::protobuf::task_status::Status as S;
-        for s in statuses {
-            let ok = matches!(s.status, Some(S::Successful(_)));
-            self.drains.record_attempt(&s.job_id, s.stage_id, s.stage_attempt_num, ok);
+        use ballista_scheduler::state::execution_stage::ExecutionStage;
+        if !matches!(status.status, Some(S::Successful(_))) {
+            return;
         }
+        let partitions = match graph.stages().get(&(status.stage_id as usize)) {
+            Some(ExecutionStage::Running(stage)) => stage
+                .task_infos
+                .get(status.task_id as usize)
+                .map(|t| t.global_input_partition_ids.clone())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        self.drains.record_success(
+            &status.job_id,
+            status.stage_id,
+            status.stage_attempt_num,
+            &partitions,
+        );
     }
 
     /// Before tasks are handed out: readers of drained executors' outputs
@@ -130,11 +150,15 @@ impl GuardedScheduler {
             let ok = match (&status.status, jobs.get(status.job_id.as_str())) {
                 (Some(_), Some(job)) => {
                     let graph = job.execution_graph.read().await;
-                    graph.running_tasks().iter().any(|t| {
+                    let running = graph.running_tasks().iter().any(|t| {
                         t.task_id == status.task_id as usize
                             && t.stage_id == status.stage_id as usize
                             && t.executor_id == executor_id
-                    })
+                    });
+                    if running {
+                        self.record_outcome(graph.as_ref(), &status);
+                    }
+                    running
                 }
                 _ => false,
             };
@@ -188,7 +212,6 @@ impl SchedulerGrpc for GuardedScheduler {
         let mut request = request;
         let statuses = std::mem::take(&mut request.get_mut().task_status);
         let statuses = self.assigned(&id, statuses).await;
-        self.record_attempts(&statuses);
         request.get_mut().task_status = statuses;
         if self.drains.excluded(&id) {
             // Draining: report its statuses, take no new task.
@@ -239,7 +262,6 @@ impl SchedulerGrpc for GuardedScheduler {
         let mut request = request;
         let statuses = std::mem::take(&mut request.get_mut().task_status);
         let statuses = self.assigned(&id, statuses).await;
-        self.record_attempts(&statuses);
         request.get_mut().task_status = statuses;
         let response = self.inner.update_task_status(request).await;
         // Push mode: tasks were just freed or bound; keep readers pointed right.

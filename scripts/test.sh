@@ -3,6 +3,7 @@
 #
 #   scripts/test.sh            # build (dev profile) and run every test
 #   scripts/test.sh slt_local  # extra arguments go to `cargo nextest run`
+#   scripts/test.sh --cluster-tls [ARGS]  # the same with mutual TLS in every test cluster
 #
 # It installs what the tests need when it is missing (as root via apt-get,
 # otherwise it stops with the exact install line).
@@ -49,4 +50,14 @@ cargo fmt --all -- --check
 # `sluice` binaries from the target dir: build them first (building the test
 # targets does not relink them, and a stale one would test old code).
 cargo build --workspace --bins
+if [ "${1:-}" = "--cluster-tls" ]; then
+  # Every test cluster with mutual TLS: certificates for the run, the
+  # client's exported for the CLI and the tests' own HTTP and gRPC clients.
+  shift
+  certs="$(mktemp -d)"
+  trap 'rm -rf "$certs"' EXIT
+  "$CARGO_TARGET_DIR/debug/sluice" cluster certs --out "$certs" --executors 8 >/dev/null
+  export SLUICE_TEST_CLUSTER_CERTS="$certs" SLUICE_CLUSTER_CA="$certs/ca.pem" \
+    SLUICE_CLUSTER_CERT="$certs/client.pem" SLUICE_CLUSTER_KEY="$certs/client.key"
+fi
 cargo nextest run --workspace --no-fail-fast "$@"

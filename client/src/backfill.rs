@@ -195,12 +195,25 @@ fn follow_again(s: &tonic::Status) -> bool {
 /// # Errors
 /// [`Error::SchedulerUnreachable`].
 pub async fn scheduler_channel(scheduler: &HostPort) -> Result<tonic::transport::Channel> {
+    let tls = crate::connect::cluster_tls_from_env()?;
+    scheduler_channel_with(scheduler, tls.as_ref()).await
+}
+
+/// [`scheduler_channel`] with explicit cluster TLS (`None`: plain, as to the
+/// embedded cluster, which has none whatever the environment says).
+///
+/// # Errors
+/// As [`scheduler_channel`].
+pub async fn scheduler_channel_with(
+    scheduler: &HostPort,
+    tls: Option<&sluice_proto::tls::ClusterTls>,
+) -> Result<tonic::transport::Channel> {
     let unreachable =
         |e: String| Error::SchedulerUnreachable { addr: scheduler.clone(), reason: e };
     let mut endpoint = tonic::transport::Endpoint::from_shared(scheduler.http_url())
         .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(Duration::from_secs(5));
-    if let Some(tls) = crate::connect::cluster_tls_from_env()? {
+    if let Some(tls) = tls {
         endpoint = tls.secure_endpoint(endpoint).map_err(|e| unreachable(e.to_string()))?;
     }
     endpoint.connect().await.map_err(|e| unreachable(e.to_string()))
@@ -258,7 +271,20 @@ impl Service {
     /// # Errors
     /// [`Error::SchedulerUnreachable`].
     pub async fn connect(scheduler: &HostPort, token: Option<&str>) -> Result<Self> {
-        let channel = scheduler_channel(scheduler).await?;
+        let tls = crate::connect::cluster_tls_from_env()?;
+        Self::connect_with(scheduler, token, tls.as_ref()).await
+    }
+
+    /// [`Service::connect`] with explicit cluster TLS (`None`: plain).
+    ///
+    /// # Errors
+    /// As [`Service::connect`].
+    pub async fn connect_with(
+        scheduler: &HostPort,
+        token: Option<&str>,
+        tls: Option<&sluice_proto::tls::ClusterTls>,
+    ) -> Result<Self> {
+        let channel = scheduler_channel_with(scheduler, tls).await?;
         Ok(Self {
             client: BackfillServiceClient::new(channel),
             token: token.map(str::to_string),
@@ -604,7 +630,8 @@ pub async fn run(opts: &BackfillOptions) -> Result<BackfillReport> {
             let scheduler = conn.scheduler.clone().ok_or_else(|| Error::Embedded {
                 message: "the embedded cluster has no scheduler address".into(),
             })?;
-            let mut service = Service::connect(&scheduler, None).await?;
+            // The embedded cluster runs without TLS, whatever SLUICE_CLUSTER_* say.
+            let mut service = Service::connect_with(&scheduler, None, None).await?;
             let record = service.submit(request).await?;
             let id: BackfillId = record.id.parse().map_err(Error::Usage)?;
             let stream = service.watch(&id).await.map_err(|s| from_status(&s))?;

@@ -14,6 +14,7 @@ pub mod follow;
 pub mod handoff;
 pub mod metrics;
 pub mod serving;
+pub mod taskport;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -185,13 +186,19 @@ impl ExecutorConfig {
 /// It keeps serving after Ballista's executor stops (its shutdown signal is
 /// not followed): a draining executor's output stays readable until it has
 /// moved, and the process's exit ends the server.
-fn flight_service(tls: Option<ClusterTls>) -> Arc<ArrowFlightServerProvider> {
+///
+/// It binds `address` (the configured bind address), not the one Ballista
+/// passes, which is Ballista's internal bind host under cluster TLS.
+fn flight_service(
+    tls: Option<ClusterTls>,
+    address: std::net::SocketAddr,
+) -> Arc<ArrowFlightServerProvider> {
     let defaults = ExecutorProcessConfig::default();
     let (max_encoding, max_decoding) = (
         defaults.grpc_max_encoding_message_size as usize,
         defaults.grpc_max_decoding_message_size as usize,
     );
-    Arc::new(move |work_dir, address, _shutdown, grpc_config| {
+    Arc::new(move |work_dir, _ballista_address, _shutdown, grpc_config| {
         let tls = tls.as_ref().map(ClusterTls::tonic_server);
         tokio::spawn(async move {
             let mut server = ballista_core::utils::create_grpc_server(&grpc_config);
@@ -220,6 +227,20 @@ fn flight_service(tls: Option<ClusterTls>) -> Arc<ArrowFlightServerProvider> {
     })
 }
 
+/// The address of the TLS task port: the bind address, or for a wildcard
+/// bind the advertised host's (Ballista's plain server takes the same port
+/// on a loopback address, which a wildcard bind would cover).
+fn task_port_ip(bind_host: &str, advertise_host: &str) -> std::io::Result<std::net::IpAddr> {
+    let host = match bind_host {
+        "0.0.0.0" | "::" | "[::]" => advertise_host,
+        other => other,
+    };
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, 0))?
+        .next()
+        .map(|a| a.ip())
+        .ok_or_else(|| std::io::Error::other(format!("{host} resolves to no address")))
+}
+
 /// A port that was free a moment ago on `host`. Ballista's executor binds
 /// its ports itself, so port 0 is resolved here first.
 fn free_port(host: &str) -> std::io::Result<u16> {
@@ -237,8 +258,11 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
     let bind_err = |source| Error::Bind { addr: config.bind.clone(), source };
     let port =
         if config.bind.port == 0 { free_port(&host).map_err(bind_err)? } else { config.bind.port };
-    let grpc_port =
-        if config.grpc_port == 0 { free_port(&host).map_err(bind_err)? } else { config.grpc_port };
+    let grpc_port = if config.grpc_port == 0 && tls.is_none() {
+        free_port(&host).map_err(bind_err)?
+    } else {
+        config.grpc_port
+    };
     // The work folder is known here (not left to Ballista) so that a drain
     // can find the shuffle output in it.
     let (work_path, temp) = match &config.work_dir {
@@ -269,8 +293,27 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
     } else {
         config.vcores
     };
+    let flight_address = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .map_err(bind_err)?
+        .next()
+        .ok_or_else(|| bind_err(std::io::Error::other("the bind host resolves to no address")))?;
+    // Under cluster TLS Ballista's plain task server binds loopback only,
+    // behind Sluice's TLS task port (`taskport`) on the advertised port.
+    let (ballista_host, task_port) = match &tls {
+        Some(tls) => {
+            let public = task_port_ip(&host, &advertise_host).map_err(bind_err)?;
+            let listener = TcpListener::bind((public, config.grpc_port)).map_err(bind_err)?;
+            let grpc_port = listener.local_addr().map_err(bind_err)?.port();
+            let internal = taskport::internal_host(public);
+            // Serves until the process ends.
+            taskport::serve(listener, tls, (internal, grpc_port).into()).map_err(bind_err)?;
+            (internal.to_string(), grpc_port)
+        }
+        None => (host.clone(), grpc_port),
+    };
+    let grpc_port = task_port;
     let process_config = ExecutorProcessConfig {
-        bind_host: host.clone(),
+        bind_host: ballista_host,
         external_host: Some(advertise_host.clone()),
         port,
         grpc_port,
@@ -278,17 +321,11 @@ pub async fn start(config: &ExecutorConfig) -> Result<RunningExecutor> {
         scheduler_port: config.scheduler.port,
         scheduler_connect_timeout_seconds: config.scheduler_connect_timeout_seconds,
         vcores,
-        // Ballista serves the push task port without TLS: with cluster TLS
-        // the executor pulls its tasks and opens no task port.
-        task_scheduling_policy: if tls.is_some() {
-            TaskSchedulingPolicy::PullStaged
-        } else {
-            TaskSchedulingPolicy::PushStaged
-        },
+        task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
         override_create_grpc_client_endpoint: tls
             .as_ref()
             .map(sluice_sql::session::endpoint_override),
-        override_arrow_flight_service: Some(flight_service(tls.clone())),
+        override_arrow_flight_service: Some(flight_service(tls.clone(), flight_address)),
         work_dir,
         executor_heartbeat_interval_seconds: config.heartbeat_interval_seconds,
         memory_pool_size: config.memory_limit.map(|b| b.as_u64()),

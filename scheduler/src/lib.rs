@@ -104,13 +104,9 @@ fn ballista_config(
         bind_host: config.bind.host.clone(),
         external_host: endpoint.host.clone(),
         bind_port: endpoint.port,
-        // Ballista's executor serves its task port without TLS, so with
-        // cluster TLS executors pull their tasks and no task port exists.
-        scheduling_policy: if tls.is_some() {
-            TaskSchedulingPolicy::PullStaged
-        } else {
-            TaskSchedulingPolicy::PushStaged
-        },
+        // Under cluster TLS executors serve their task port behind TLS
+        // (`sluice_executor::taskport`), reached through the endpoint override.
+        scheduling_policy: TaskSchedulingPolicy::PushStaged,
         override_create_grpc_client_endpoint: tls.map(sluice_sql::session::endpoint_override),
         executor_timeout_seconds: config.executor_timeout_seconds,
         expire_dead_executor_interval_seconds: config.expire_dead_executor_interval_seconds,

@@ -80,9 +80,21 @@ impl Proc {
     ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let mut child = Command::new(bin)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        let plain = env.iter().any(|(k, v)| k == "SLUICE_CLUSTER_CERT" && v.is_empty());
+        let mut command = Command::new(bin);
+        command.args(args);
+        if !plain {
+            command.args(suite_member_args(bin, args)?);
+        }
+        for (k, v) in env {
+            // An empty value removes the variable (see `plain_env`).
+            if v.is_empty() {
+                command.env_remove(k);
+            } else {
+                command.env(k, v);
+            }
+        }
+        let mut child = command
             .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -199,14 +211,98 @@ impl Drop for Proc {
 /// The value of sample `name` (with its labels, as printed, e.g.
 /// `sluice_drain_events_total{event="moved"}`) on a scheduler's `/metrics`.
 pub async fn scheduler_metric(addr: &str, name: &str) -> Option<f64> {
-    let (status, text) =
-        sluice_client::http::get(addr, "/metrics", Duration::from_secs(10)).await.ok()?;
+    let (status, text) = http_get(addr, "/metrics", Duration::from_secs(10)).await.ok()?;
     if status != 200 {
         return None;
     }
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The certificates of a suite run with mutual TLS everywhere
+/// (`scripts/test.sh --cluster-tls`): `sluice cluster certs` output in the
+/// folder named by `SLUICE_TEST_CLUSTER_CERTS`. The script also exports the
+/// client's credentials as `SLUICE_CLUSTER_CA`/`_CERT`/`_KEY`, which every
+/// `sluice` CLI and the HTTP helpers (`sluice_client::http`) then use.
+pub fn suite_certs() -> Option<sluice_proto::tls::Minted> {
+    use sluice_proto::tls::{Minted, MintedMember, PeerIdentity, Role};
+    let dir = PathBuf::from(std::env::var_os("SLUICE_TEST_CLUSTER_CERTS")?);
+    let member = |name: String, role: Role| MintedMember {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+        identity: PeerIdentity { role, name },
+    };
+    let mut members =
+        vec![member("scheduler".into(), Role::Scheduler), member("client".into(), Role::Client)];
+    let mut n = 1;
+    while dir.join(format!("executor-{n}.pem")).is_file() {
+        members.push(member(format!("executor-{n}"), Role::Executor));
+        n += 1;
+    }
+    Some(Minted { ca: dir.join("ca.pem"), members })
+}
+
+/// Environment for processes that must run without cluster TLS even in a
+/// suite run with it ([`suite_certs`]): tests of the plain cluster (tokens
+/// on the scheduler port, forged messages from plain clients). Passed to
+/// [`Proc::spawn_env`] or [`TestCluster::start_env`] it removes the client's
+/// `SLUICE_CLUSTER_*` and adds no certificate flags; the `sluice` CLI reads
+/// the empty values as unset.
+pub fn plain_env() -> Vec<(String, String)> {
+    ["SLUICE_CLUSTER_CA", "SLUICE_CLUSTER_CERT", "SLUICE_CLUSTER_KEY"]
+        .iter()
+        .map(|k| (k.to_string(), String::new()))
+        .collect()
+}
+
+/// `GET` on a member's HTTP port: over the suite's cluster TLS when it
+/// runs with it, else (or for a plain cluster in such a run) plain HTTP.
+///
+/// # Errors
+/// The plain attempt's I/O error.
+pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    if suite_certs().is_some()
+        && let Ok(reply) = sluice_client::http::get(addr, path, timeout).await
+    {
+        return Ok(reply);
+    }
+    sluice_client::http::get_with(addr, path, None, None, timeout).await
+}
+
+/// In a suite run with mutual TLS ([`suite_certs`]): the certificate flags
+/// for a `sluice-scheduler` or `sluice-executor` started without them
+/// (executors take the suite's executor certificates in turn).
+fn suite_member_args(bin: &Path, args: &[String]) -> anyhow::Result<Vec<String>> {
+    static NEXT_EXECUTOR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(certs) = suite_certs() else { return Ok(Vec::new()) };
+    if args.iter().any(|a| a == "--cluster-cert") {
+        return Ok(Vec::new());
+    }
+    // The member's binary, also when started through a wrapper
+    // (`ip netns exec NS sluice-executor …`).
+    let program = std::iter::once(bin.as_os_str())
+        .chain(args.iter().map(|a| std::ffi::OsStr::new(a.as_str())))
+        .filter_map(|a| Path::new(a).file_name().and_then(|n| n.to_str()))
+        .find(|n| matches!(*n, "sluice-scheduler" | "sluice-executor"));
+    let name = match program {
+        Some("sluice-scheduler") => "scheduler".to_string(),
+        Some("sluice-executor") => {
+            let executors = certs.members.len().saturating_sub(2).max(1);
+            let n = NEXT_EXECUTOR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("executor-{}", n % executors + 1)
+        }
+        _ => return Ok(Vec::new()),
+    };
+    let m = certs.member(&name).with_context(|| format!("no suite certificate for {name}"))?;
+    Ok(vec![
+        "--cluster-ca".into(),
+        certs.ca.display().to_string(),
+        "--cluster-cert".into(),
+        m.cert.display().to_string(),
+        "--cluster-key".into(),
+        m.key.display().to_string(),
+    ])
 }
 
 /// A real cluster: one `sluice-scheduler` and N `sluice-executor`
@@ -257,6 +353,18 @@ impl TestCluster {
         Self::start_inner(executors, vcores, scheduler_args, executor_args, false, &[])
     }
 
+    /// As [`TestCluster::start_full`], with extra environment variables for
+    /// every process ([`plain_env`] for a cluster without TLS in any run).
+    pub fn start_full_env(
+        executors: usize,
+        vcores: usize,
+        scheduler_args: &[&str],
+        executor_args: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(executors, vcores, scheduler_args, executor_args, false, env)
+    }
+
     /// As [`TestCluster::start_with`], with extra environment variables for
     /// every process (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub fn start_env(
@@ -285,10 +393,14 @@ impl TestCluster {
     ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("sluice-test-cluster-").tempdir()?;
         let deadline = Duration::from_secs(60);
-        let certs = if tls {
-            Some(sluice_proto::tls::mint(&dir.path().join("certs"), &[], executors + 1)?)
-        } else {
-            None
+        let plain = env.iter().any(|(k, v)| k == "SLUICE_CLUSTER_CERT" && v.is_empty());
+        let certs = match suite_certs() {
+            // The whole suite runs with mutual TLS: every cluster uses its certificates.
+            Some(certs) if !plain => Some(certs),
+            _ if tls => {
+                Some(sluice_proto::tls::mint(&dir.path().join("certs"), &[], executors + 1)?)
+            }
+            _ => None,
         };
         let member_args = |name: &str| -> anyhow::Result<Vec<String>> {
             let Some(certs) = &certs else { return Ok(Vec::new()) };
@@ -531,7 +643,8 @@ impl Etcd {
         loop {
             let healthy = rt.block_on(async {
                 matches!(
-                    sluice_client::http::get(&addr, "/health", Duration::from_secs(1)).await,
+                    sluice_client::http::get_with(&addr, "/health", None, None, Duration::from_secs(1))
+                        .await,
                     Ok((200, body)) if body.contains("true")
                 )
             });
@@ -646,7 +759,7 @@ pub fn wait_ready(addr: &str, deadline: Duration) -> anyhow::Result<()> {
 /// `/readyz`'s status code and body (`None` when nothing answers).
 pub fn readyz(addr: &str) -> Option<(u16, String)> {
     let rt = sluice_proto::runtime().ok()?;
-    rt.block_on(sluice_client::http::get(addr, "/readyz", Duration::from_secs(2))).ok()
+    rt.block_on(http_get(addr, "/readyz", Duration::from_secs(2))).ok()
 }
 
 /// One job as the scheduler's REST API (`/api/jobs`) lists it.
@@ -666,8 +779,7 @@ pub struct JobRow {
 /// Every job the scheduler at `addr` knows, oldest first; empty when its
 /// REST API does not answer.
 pub async fn scheduler_jobs(addr: &str) -> Vec<JobRow> {
-    let Ok((200, body)) = sluice_client::http::get(addr, "/api/jobs", Duration::from_secs(2)).await
-    else {
+    let Ok((200, body)) = http_get(addr, "/api/jobs", Duration::from_secs(2)).await else {
         return Vec::new();
     };
     let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();

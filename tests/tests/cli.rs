@@ -251,6 +251,9 @@ fn demo_runs_end_to_end() {
     let dir = tempfile::tempdir().expect("tempdir");
     let o = Command::new(bin("sluice"))
         .args(["demo", "--users", "300", "--scale-factor", "0.01"])
+        // A newcomer's shell: no cluster credentials (the embedded cluster
+        // has no TLS; see the README's security section).
+        .envs(sluice_tests::plain_env())
         .current_dir(dir.path())
         .output()
         .expect("demo");

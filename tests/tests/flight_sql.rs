@@ -21,7 +21,7 @@ use prost::Message;
 use sluice_client::catalog::FlightSqlEndpoint;
 use sluice_client::datagen::churn::ChurnConfig;
 use sluice_sql::catalog::{CatalogSchema, FileCatalog};
-use sluice_tests::{Proc, TestCluster, bin, workspace_root};
+use sluice_tests::{Proc, TestCluster, bin, plain_env, workspace_root};
 
 const READ: &str = "read-token-7f3a9c2e41d84b6f";
 const ADMIN: &str = "admin-token-0b5e8d1c9a7f4e23";
@@ -466,12 +466,17 @@ fn scheduler_port_checks_tokens_on_client_calls() {
     let data = setup.data();
     sluice_client::datagen::tpch::generate(0.01, &data.join("tpch")).expect("tpch");
     std::fs::write(setup.path("read.token"), format!("{READ}\n")).expect("token");
-    let (cluster, _flight) = setup.start(1);
+    // Without cluster TLS, even in a suite run with it: a client
+    // certificate would stand for the admin token.
+    let args = setup.scheduler_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = TestCluster::start_full_env(1, 2, &args, &[], &plain_env()).expect("cluster");
     let nation = format!("nation={}", data.join("tpch/nation").display());
     let sql = |token: Option<&str>| {
         let mut cmd = Command::new(bin("sluice"));
         cmd.args(["sql", "--scheduler", cluster.scheduler_addr(), "--format", "csv"])
             .args(["--table", &nation, "SELECT count(*) AS n FROM nation"])
+            .envs(plain_env())
             .env_remove("SLUICE_SCHEDULER")
             .env_remove("SLUICE_TOKEN");
         if let Some(t) = token {
@@ -494,24 +499,24 @@ fn scheduler_port_checks_tokens_on_client_calls() {
 
     let rt = sluice_proto::runtime().expect("runtime");
     rt.block_on(async {
-        use sluice_client::http::get_as;
+        use sluice_client::http::get_with;
         let addr = cluster.scheduler_addr();
         let t = Duration::from_secs(10);
-        let (status, body) = get_as(addr, "/api/jobs", None, t).await.expect("GET");
+        let (status, body) = get_with(addr, "/api/jobs", None, None, t).await.expect("GET");
         assert_eq!(status, 401, "REST without a token: {body}");
-        let (status, body) = get_as(addr, "/api/jobs", Some(READ), t).await.expect("GET");
+        let (status, body) = get_with(addr, "/api/jobs", Some(READ), None, t).await.expect("GET");
         assert_eq!(status, 200, "REST with a read token: {body}");
-        let (status, _) = get_as(addr, "/readyz", None, t).await.expect("GET");
+        let (status, _) = get_with(addr, "/readyz", None, None, t).await.expect("GET");
         assert_eq!(status, 200, "probes stay open");
 
         // A job's settings (S3 secret keys among them) are the admin's.
-        let (_, body) = get_as(addr, "/api/jobs", Some(READ), t).await.expect("GET");
+        let (_, body) = get_with(addr, "/api/jobs", Some(READ), None, t).await.expect("GET");
         let jobs: Vec<serde_json::Value> = serde_json::from_str(&body).expect("jobs JSON");
         let job = jobs.first().and_then(|j| j["job_id"].as_str()).expect("a job").to_string();
         let config = format!("/api/job/{job}/config");
-        let (status, body) = get_as(addr, &config, Some(READ), t).await.expect("GET");
+        let (status, body) = get_with(addr, &config, Some(READ), None, t).await.expect("GET");
         assert_eq!(status, 403, "a read token read a job's settings: {body}");
-        let (status, body) = get_as(addr, &config, Some(ADMIN), t).await.expect("GET");
+        let (status, body) = get_with(addr, &config, Some(ADMIN), None, t).await.expect("GET");
         assert_eq!(status, 200, "the admin reads them: {body}");
     });
 }
@@ -689,6 +694,9 @@ fn client_cancel_stops_the_job() {
 fn anonymous_endpoint_must_be_loopback() {
     let out = Command::new(bin("sluice-scheduler"))
         .args(["--bind", "127.0.0.1:0", "--flight-sql-bind", "0.0.0.0:0"])
+        .env_remove("SLUICE_CLUSTER_CA")
+        .env_remove("SLUICE_CLUSTER_CERT")
+        .env_remove("SLUICE_CLUSTER_KEY")
         .output()
         .expect("run scheduler");
     assert!(!out.status.success(), "an anonymous endpoint bound to 0.0.0.0");

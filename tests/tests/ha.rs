@@ -156,6 +156,9 @@ fn scheduler_exits_naming_an_unreachable_etcd() {
             "--etcd-connect-timeout-seconds",
             "2",
         ])
+        .env_remove("SLUICE_CLUSTER_CA")
+        .env_remove("SLUICE_CLUSTER_CERT")
+        .env_remove("SLUICE_CLUSTER_KEY")
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -22,21 +22,45 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(dir: &Path, targets: &[String]) -> Self {
+    /// `scheduler` is scraped over the cluster's TLS in a suite run with it
+    /// (as a production Prometheus would, with a client certificate), the
+    /// executors' metrics ports over plain HTTP.
+    fn start(dir: &Path, scheduler: &str, executors: &[String]) -> Self {
         let program = which("prometheus").unwrap_or_else(|| {
             panic!("prometheus is not installed: `apt-get install -y prometheus` (scripts/test.sh does it as root)")
         });
         let config = dir.join("prometheus.yml");
+        let list = |targets: &[String]| {
+            targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
+        };
+        let scheduler_tls = match sluice_tests::suite_certs() {
+            Some(certs) => {
+                let client = certs.member("client").expect("client certificate");
+                format!(
+                    "    scheme: https\n    tls_config:\n      ca_file: {}\n      \
+                     cert_file: {}\n      key_file: {}\n      server_name: {}\n",
+                    certs.ca.display(),
+                    client.cert.display(),
+                    client.key.display(),
+                    sluice_proto::tls::CLUSTER_SERVER_NAME
+                )
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: sluice\n    metrics_path: /metrics\n    \
+                 scrape_configs:\n  - job_name: sluice-scheduler\n    metrics_path: /metrics\n\
+                 {scheduler_tls}    static_configs:\n      - targets: [{}]\n\
+                 \x20 - job_name: sluice-executors\n    metrics_path: /metrics\n    \
                  static_configs:\n      - targets: [{}]\n",
-                targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
+                list(&[scheduler.to_string()]),
+                list(executors)
             ),
         )
         .expect("prometheus.yml");
+        let targets = executors.len() + 1;
         let addr = format!("127.0.0.1:{}", free_port().expect("port"));
         let child = Command::new(program)
             .arg(format!("--config.file={}", config.display()))
@@ -54,7 +78,7 @@ impl Prometheus {
         // target has been scraped once, so what follows is all recorded.
         poll("prometheus scraped every target", Duration::from_secs(60), || {
             let up = p.value("count(up == 1)")?;
-            (up as usize == targets.len()).then_some(())
+            (up as usize == targets).then_some(())
         });
         p
     }
@@ -91,7 +115,7 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
 
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let rt = sluice_proto::runtime().ok()?;
-    rt.block_on(sluice_client::http::get(addr, path, Duration::from_secs(5))).ok()
+    rt.block_on(sluice_tests::http_get(addr, path, Duration::from_secs(5))).ok()
 }
 
 fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -125,10 +149,16 @@ fn promtool_check(text: &str) {
     );
 }
 
+/// A channel to the scheduler port (over the cluster's TLS when the suite
+/// runs with it, as KEDA would with its client certificate).
+async fn scheduler_channel(addr: &str) -> Result<tonic::transport::Channel, String> {
+    let addr: sluice_proto::HostPort = addr.parse().map_err(|e| format!("{e}"))?;
+    sluice_client::backfill::scheduler_channel(&addr).await.map_err(|e| e.to_string())
+}
+
 /// (desired executors, active) as the scaler answers now.
 async fn scaler_reading(addr: &str) -> Result<(f64, bool), String> {
-    let mut client =
-        ExternalScalerClient::connect(format!("http://{addr}")).await.map_err(|e| e.to_string())?;
+    let mut client = ExternalScalerClient::new(scheduler_channel(addr).await?);
     let object = ScaledObjectRef {
         name: "sluice-executors".into(),
         namespace: "default".into(),
@@ -180,9 +210,7 @@ fn prometheus_and_the_keda_scaler_follow_a_backfill() {
     assert!(text.contains("sluice_executor_slots 1"), "{text}");
     promtool_check(&text);
 
-    let mut targets = vec![sched.clone()];
-    targets.extend(executor_metrics.iter().cloned());
-    let prometheus = Prometheus::start(tmp.path(), &targets);
+    let prometheus = Prometheus::start(tmp.path(), &sched, &executor_metrics);
 
     // Follow the scaler through the backfill: polling IsActive and
     // GetMetrics, and on one StreamIsActive stream (answers at each change).
@@ -191,9 +219,8 @@ fn prometheus_and_the_keda_scaler_follow_a_backfill() {
     {
         let (streamed, sched) = (Arc::clone(&streamed), sched.clone());
         stream_rt.spawn(async move {
-            let mut client = ExternalScalerClient::connect(format!("http://{sched}"))
-                .await
-                .expect("scaler stream");
+            let mut client =
+                ExternalScalerClient::new(scheduler_channel(&sched).await.expect("scaler stream"));
             let object = ScaledObjectRef { name: "sluice-executors".into(), ..Default::default() };
             let mut stream = client.stream_is_active(object).await.expect("stream").into_inner();
             while let Ok(Some(answer)) = stream.message().await {

@@ -11,15 +11,16 @@ use std::time::{Duration, Instant};
 
 use arrow_flight::Ticket;
 use arrow_flight::flight_service_client::FlightServiceClient;
+use ballista_core::serde::protobuf::executor_grpc_client::ExecutorGrpcClient;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::{
-    ExecutorOperatingSystemSpecification, ExecutorRegistration, ExecutorResource,
-    ExecutorSpecification, ExecutorStoppedParams, FailedTask, PollWorkParams,
+    CancelTasksParams, ExecutorOperatingSystemSpecification, ExecutorRegistration,
+    ExecutorResource, ExecutorSpecification, ExecutorStoppedParams, FailedTask,
     RegisterExecutorParams, SuccessfulTask, TaskStatus, UpdateTaskStatusParams, executor_resource,
     task_status,
 };
 use sluice_proto::tls::{CLUSTER_SERVER_NAME, ClusterTls};
-use sluice_tests::{TestCluster, bin, local_csv, scheduler_jobs, workspace_root};
+use sluice_tests::{TestCluster, bin, local_csv, plain_env, scheduler_jobs, workspace_root};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// How a raw client connects.
@@ -97,6 +98,7 @@ async fn flight_get(addr: &str, creds: &Creds<'_>) -> Result<(tonic::Code, Strin
 fn sluice(args: &[&str], env: &[(String, String)]) -> Output {
     Command::new(bin("sluice"))
         .args(args)
+        .envs(plain_env())
         .env_remove("SLUICE_SCHEDULER")
         .env("SLUICE_CATALOG", std::env::temp_dir().join("sluice-security-no-catalog.json"))
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -133,7 +135,8 @@ fn ok_stdout(out: &Output, cluster: &TestCluster) -> String {
 /// executor calls and the executors' Flight ports refuse anyone without a
 /// cluster certificate of the right role, an executor id belongs to the
 /// certificate that registered it, and the cluster answers as local
-/// DataFusion does (executors pull their tasks: no task port exists).
+/// DataFusion does. Executors' task ports (push scheduling) take only the
+/// scheduler's certificate.
 #[test]
 fn mutual_tls_refuses_strangers_and_answers_like_local() {
     let cluster = TestCluster::start_tls(2, 2).expect("TLS cluster");
@@ -156,16 +159,27 @@ fn mutual_tls_refuses_strangers_and_answers_like_local() {
             Ok(tonic::Code::PermissionDenied)
         );
 
+        // Executor-0's task port (push scheduling), from its log.
+        let task_port: u32 = {
+            let log = cluster.executors[0].log_text();
+            log.split("grpc_port=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|p| p.parse().ok())
+                .expect("the executor logs its task port")
+        };
         // The spare executor certificate (executor-3) claims an id by
-        // polling with no free slot (it gets no task) ...
+        // registering it (at executor-0's task port, which the scheduler
+        // checks it can reach) ...
         let mut spare = SchedulerGrpcClient::new(
             channel(&sched, &member("executor-3")).await.expect("spare channel"),
         );
         spare
-            .poll_work(PollWorkParams {
-                metadata: Some(registration("victim")),
-                num_free_vcores: 0,
-                task_status: vec![],
+            .register_executor(RegisterExecutorParams {
+                metadata: Some(ExecutorRegistration {
+                    grpc_port: task_port,
+                    ..registration("victim")
+                }),
             })
             .await
             .expect("the owner registers");
@@ -198,6 +212,29 @@ fn mutual_tls_refuses_strangers_and_answers_like_local() {
             .await
             .expect("the owner stops itself");
 
+        // Executor task port (push scheduling): only the scheduler's
+        // certificate reaches Ballista's task service; plain, CA-only,
+        // client and executor certificates do not.
+        let task_port = format!("127.0.0.1:{task_port}");
+        let cancel = |creds: Creds<'static>| {
+            let task_port = task_port.clone();
+            async move {
+                let mut client = ExecutorGrpcClient::new(channel(&task_port, &creds).await?);
+                client
+                    .cancel_tasks(CancelTasksParams { task_infos: vec![] })
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| format!("{s:?}"))
+            }
+        };
+        let scheduler_member = Creds::Member(cluster.member_tls("scheduler").expect("member"));
+        cancel(scheduler_member).await.expect("the scheduler's certificate reaches the task port");
+        for name in ["client", "executor-2"] {
+            let reply = cancel(Creds::Member(cluster.member_tls(name).expect("member"))).await;
+            assert!(reply.is_err(), "{name}: the task service answered");
+        }
+        assert!(cancel(Creds::Plain).await.is_err(), "plain: the task service answered");
+
         // Executor Flight port: a member reaches the service, which rejects
         // the junk ticket with its own reply ...
         let service = flight_get(&flight, &member("client")).await.expect("member connects");
@@ -224,9 +261,12 @@ fn mutual_tls_refuses_strangers_and_answers_like_local() {
     let on_cluster = ok_stdout(&run_sql(&sched_args, SHUFFLE_SQL, &cluster.client_env()), &cluster);
     assert_eq!(on_cluster, local_csv(SHUFFLE_SQL, &[&customers()]));
     assert!(on_cluster.lines().count() > 2, "{on_cluster}");
+    // Ballista's own task server listens on loopback only, not on the
+    // advertised address.
     assert!(
-        !cluster.log_contains("Executor Grpc Server listening"),
-        "an executor opened a task port under cluster TLS"
+        cluster.log_contains("Executor Grpc Server listening on 127.0.0.2:"),
+        "Ballista's task server is not behind the TLS task port\n{}",
+        cluster.logs()
     );
 }
 
@@ -237,7 +277,8 @@ fn mutual_tls_refuses_strangers_and_answers_like_local() {
 /// could mark a task done with made-up output.
 #[test]
 fn bad_task_statuses_neither_panic_the_scheduler_nor_poison_results() {
-    let cluster = TestCluster::start(1, 1).expect("cluster");
+    // Without TLS even in a suite run with it (plain clients forge here).
+    let cluster = TestCluster::start_env(1, 1, &[], &plain_env()).expect("cluster");
     let sched = cluster.scheduler_addr().to_string();
     // A job that runs for a while: a cross join of two in-memory tables.
     let slow = "CREATE TABLE a AS SELECT value AS v FROM generate_series(1, 5000); \
@@ -246,6 +287,7 @@ fn bad_task_statuses_neither_panic_the_scheduler_nor_poison_results() {
     let mut child = Command::new(bin("sluice"))
         .args(["sql", "--scheduler", &sched, "--table", &table, "--format", "csv", slow])
         .env("SLUICE_CATALOG", std::env::temp_dir().join("sluice-security-no-catalog.json"))
+        .envs(plain_env())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -349,6 +391,9 @@ fn tokens_need_tls_off_loopback_and_a_private_file() {
         let out = Command::new(bin("sluice-scheduler"))
             .args(args)
             .env_remove("SLUICE_AUTH_TOKEN_FILE")
+            .env_remove("SLUICE_CLUSTER_CA")
+            .env_remove("SLUICE_CLUSTER_CERT")
+            .env_remove("SLUICE_CLUSTER_KEY")
             .output()
             .expect("run scheduler");
         assert!(!out.status.success(), "{args:?} started");
@@ -472,6 +517,8 @@ fn etcd_over_tls_needs_a_cluster_certificate() {
     let refused = Command::new(bin("sluice-scheduler"))
         .args(["--bind", "127.0.0.1:0", "--state", "etcd", "--etcd-endpoints", &etcd.endpoint])
         .env_remove("SLUICE_CLUSTER_CA")
+        .env_remove("SLUICE_CLUSTER_CERT")
+        .env_remove("SLUICE_CLUSTER_KEY")
         .output()
         .expect("scheduler");
     let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -219,12 +219,11 @@ pub(crate) async fn serve(
     >,
     load: crate::load::LoadSource,
     drains: crate::drain::Drains,
-    work: crate::work::WorkSignal,
 ) -> std::io::Result<()> {
     let listener = ClusterListener::new(listener, tls.as_ref())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let config = scheduler.state.config.clone();
-    let guarded = GuardedScheduler::new(scheduler.clone(), tls.is_some(), drains.clone(), work);
+    let guarded = GuardedScheduler::new(scheduler.clone(), tls.is_some(), drains.clone());
     let drain =
         sluice_proto::pb::drain_service_server::DrainServiceServer::new(crate::drain::DrainGrpc {
             guard: guarded.clone(),

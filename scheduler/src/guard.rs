@@ -20,10 +20,6 @@
 //!   used it; a call naming it with another certificate (another executor
 //!   reporting, or stopping it) is refused (`PermissionDenied`).
 //!
-//! Under pull scheduling a poll that found no task is held until new work
-//! appears (at most half a second) when the executor runs nothing else; see
-//! [`crate::work`].
-//!
 //! Client calls pass through unchanged (the gate checks their token).
 //! Should a panic still happen inside Ballista's scheduler, the process
 //! exits (see `exit_on_scheduler_panic`) so that a standby takes over.
@@ -55,92 +51,11 @@ pub struct GuardedScheduler {
     bindings: Arc<Mutex<HashMap<String, String>>>,
     cluster_tls: bool,
     drains: crate::drain::Drains,
-    work: crate::work::WorkSignal,
 }
 
 impl GuardedScheduler {
-    pub fn new(
-        inner: Scheduler,
-        cluster_tls: bool,
-        drains: crate::drain::Drains,
-        work: crate::work::WorkSignal,
-    ) -> Self {
-        Self { inner, bindings: Arc::default(), cluster_tls, drains, work }
-    }
-
-    /// Whether `executor_id` runs no task but those whose statuses it just
-    /// reported (`reported`: job, stage, task): holding its poll then delays
-    /// no status.
-    async fn runs_nothing_else(&self, executor_id: &str, reported: &[(String, u32, u32)]) -> bool {
-        let jobs = self.inner.state.task_manager.get_running_job_cache();
-        for job in jobs.values() {
-            let graph = job.execution_graph.read().await;
-            let busy = graph.running_tasks().iter().any(|t| {
-                t.executor_id == executor_id
-                    && !reported.iter().any(|(job_id, stage_id, task_id)| {
-                        t.job_id.as_str() == job_id
-                            && t.stage_id == *stage_id as usize
-                            && t.task_id == *task_id as usize
-                    })
-            });
-            if busy {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// A poll that found no task, held (see [`crate::work`]): asks Ballista
-    /// again whenever new work is signalled, and on a backoff timer (a
-    /// stage that another poll revived first is never signalled), until it
-    /// binds tasks or [`crate::work::POLL_HOLD`] passes.
-    async fn hold_poll(
-        &self,
-        executor_id: &str,
-        params: PollWorkParams,
-        mut signal: tokio::sync::watch::Receiver<u64>,
-        mut result: PollWorkResult,
-    ) -> PollWorkResult {
-        let deadline = tokio::time::Instant::now() + crate::work::POLL_HOLD;
-        let mut backoff = crate::work::FIRST_RETRY;
-        loop {
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return result;
-            }
-            let retry_at = (now + backoff).min(deadline);
-            backoff = (backoff * 2).min(crate::work::MAX_RETRY);
-            tokio::select! {
-                changed = signal.changed() => {
-                    if changed.is_err() {
-                        // The scheduler is going away.
-                        return result;
-                    }
-                }
-                () = tokio::time::sleep_until(retry_at) => {}
-            }
-            signal.borrow_and_update();
-            if self.drains.excluded(executor_id) {
-                return result;
-            }
-            self.redirect().await;
-            match self.inner.poll_work(Request::new(params.clone())).await {
-                Ok(again) => {
-                    let again = again.into_inner();
-                    result.jobs_to_clean.extend(again.jobs_to_clean);
-                    if !again.tasks.is_empty() {
-                        result.tasks = again.tasks;
-                        return result;
-                    }
-                }
-                Err(error) => {
-                    // The statuses went in with the first poll; the executor
-                    // polls again soon.
-                    tracing::warn!(executor_id, %error, "a held poll failed");
-                    return result;
-                }
-            }
-        }
+    pub fn new(inner: Scheduler, cluster_tls: bool, drains: crate::drain::Drains) -> Self {
+        Self { inner, bindings: Arc::default(), cluster_tls, drains }
     }
 
     pub(crate) fn scheduler(&self) -> &Scheduler {
@@ -297,31 +212,13 @@ impl SchedulerGrpc for GuardedScheduler {
         let mut request = request;
         let statuses = std::mem::take(&mut request.get_mut().task_status);
         let statuses = self.assigned(&id, statuses).await;
-        let reported: Vec<(String, u32, u32)> =
-            statuses.iter().map(|s| (s.job_id.clone(), s.stage_id, s.task_id)).collect();
         request.get_mut().task_status = statuses;
         if self.drains.excluded(&id) {
             // Draining: report its statuses, take no new task.
             request.get_mut().num_free_vcores = 0;
         }
-        // Subscribed before Ballista looks for tasks, so that work appearing
-        // from then on wakes a held poll.
-        let mut signal = self.work.subscribe();
-        signal.borrow_and_update();
-        let again = PollWorkParams {
-            metadata: request.get_ref().metadata.clone(),
-            num_free_vcores: request.get_ref().num_free_vcores,
-            task_status: Vec::new(),
-        };
         self.redirect().await;
-        let first = self.inner.poll_work(request).await?.into_inner();
-        if !first.tasks.is_empty()
-            || again.num_free_vcores == 0
-            || !self.runs_nothing_else(&id, &reported).await
-        {
-            return Ok(Response::new(first));
-        }
-        Ok(Response::new(self.hold_poll(&id, again, signal, first).await))
+        self.inner.poll_work(request).await
     }
 
     async fn register_executor(

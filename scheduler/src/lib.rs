@@ -24,7 +24,6 @@ pub mod load;
 pub mod recovery;
 pub mod scaler;
 pub mod watchdog;
-pub mod work;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -95,7 +94,6 @@ fn ballista_config(
     catalog: Option<&FileCatalog>,
     roots: &DataRoots,
     tls: Option<&ClusterTls>,
-    work: &work::WorkSignal,
 ) -> SchedulerConfig {
     let session_builder: ballista_scheduler::SessionBuilder =
         Arc::new(sluice_sql::session::scheduler_session_builder(catalog.cloned(), roots.clone()));
@@ -122,8 +120,6 @@ fn ballista_config(
         override_physical_codec: Some(Arc::new(sluice_sql::write::SluiceCodec::default())),
         // In-memory tables sent inside clients' plans (`sluice_sql::inline`).
         override_logical_codec: Some(Arc::new(sluice_sql::inline::SluiceLogicalCodec::default())),
-        // Wakes polls held by the guard (pull scheduling, `work`).
-        on_work_available: Some(work.callback()),
         ..SchedulerConfig::default()
     }
 }
@@ -194,9 +190,7 @@ pub async fn start_on(
             ),
         });
     }
-    let work = work::WorkSignal::default();
-    let ballista =
-        ballista_config(config, &endpoint, catalog.as_ref(), &roots, tls.as_ref(), &work);
+    let ballista = ballista_config(config, &endpoint, catalog.as_ref(), &roots, tls.as_ref());
     ballista.validate().map_err(|source| Error::Server { source })?;
     let cluster = BallistaCluster::new_from_config(&ballista)
         .await
@@ -270,7 +264,6 @@ pub async fn start_on(
         backfill::grpc_service(Arc::clone(&hub)),
         load.clone(),
         drains.clone(),
-        work,
     ));
     Ok(RunningScheduler {
         drains,

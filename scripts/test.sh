@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole Sluice test suite, from a fresh machine with only Rust installed.
 #
-#   scripts/test.sh            # build (dev profile) and run every test
-#   scripts/test.sh slt_local  # extra arguments go to `cargo nextest run`
-#   scripts/test.sh --cluster-tls [ARGS]  # the same with mutual TLS in every test cluster
+#   scripts/test.sh            # build (dev profile) and run every test, twice:
+#                              # as it is, then with mutual TLS in every test cluster
+#   scripts/test.sh slt_local  # extra arguments go to `cargo nextest run` (one pass)
+#   scripts/test.sh --cluster-tls [ARGS]  # only the mutual-TLS pass
+#   scripts/test.sh --plain [ARGS]        # only the plain pass
 #
 # It installs what the tests need when it is missing (as root via apt-get,
 # otherwise it stops with the exact install line).
@@ -50,14 +52,30 @@ cargo fmt --all -- --check
 # `sluice` binaries from the target dir: build them first (building the test
 # targets does not relink them, and a stale one would test old code).
 cargo build --workspace --bins
-if [ "${1:-}" = "--cluster-tls" ]; then
-  # Every test cluster with mutual TLS: certificates for the run, the
-  # client's exported for the CLI and the tests' own HTTP and gRPC clients.
-  shift
+# Two passes: every test as it is, then every test cluster with mutual TLS
+# (certificates minted for the run; the client's exported for the CLI and the
+# tests' own clients). `--plain` or `--cluster-tls` runs one; so do filters.
+mode=both
+case "${1:-}" in
+  --plain) mode=plain; shift ;;
+  --cluster-tls) mode=tls; shift ;;
+esac
+if [ "$mode" = both ] && [ $# -gt 0 ]; then mode=plain; fi
+
+rc=0
+if [ "$mode" != tls ]; then
+  echo "== pass 1: the suite" >&2
+  cargo nextest run --workspace --no-fail-fast "$@" || rc=$?
+fi
+if [ "$mode" != plain ]; then
+  echo "== pass 2: the suite with mutual TLS in every test cluster" >&2
   certs="$(mktemp -d)"
   trap 'rm -rf "$certs"' EXIT
   "$CARGO_TARGET_DIR/debug/sluice" cluster certs --out "$certs" --executors 8 >/dev/null
-  export SLUICE_TEST_CLUSTER_CERTS="$certs" SLUICE_CLUSTER_CA="$certs/ca.pem" \
-    SLUICE_CLUSTER_CERT="$certs/client.pem" SLUICE_CLUSTER_KEY="$certs/client.key"
+  (
+    export SLUICE_TEST_CLUSTER_CERTS="$certs" SLUICE_CLUSTER_CA="$certs/ca.pem" \
+      SLUICE_CLUSTER_CERT="$certs/client.pem" SLUICE_CLUSTER_KEY="$certs/client.key"
+    cargo nextest run --workspace --no-fail-fast "$@"
+  ) || rc=$?
 fi
-cargo nextest run --workspace --no-fail-fast "$@"
+exit "$rc"

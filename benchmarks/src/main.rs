@@ -80,7 +80,7 @@ enum Bench {
         #[arg(long = "query")]
         queries: Vec<u32>,
         /// Run the cluster with mutual TLS (certificates minted for the run;
-        /// executors then pull their tasks).
+        /// executors' task ports behind the TLS relay).
         #[arg(long)]
         cluster_tls: bool,
     },
@@ -294,7 +294,7 @@ fn tpch(
         for t in &tables {
             t.register(&local).await?;
         }
-        let plane = if cluster_tls { "mutual TLS, pull scheduling" } else { "plain, push scheduling" };
+        let plane = if cluster_tls { "mutual TLS, push scheduling" } else { "plain, push scheduling" };
         println!("TPC-H SF {sf}: local DataFusion ({cores} cores) vs process cluster (1 scheduler + {executors} executors x {vcores} slots; {plane}), best of {iterations}");
         println!("settings: {settings:?}");
         println!("{:<6} {:>10} {:>10} {:>7} {:>6}", "query", "local s", "cluster s", "ratio", "rows");
